@@ -1,0 +1,67 @@
+"""Tiny 4-modality BraTS-like cases in nnU-Net raw format, generated on the fly (no downloads)."""
+import json
+import os
+from typing import Tuple
+
+import numpy as np
+import SimpleITK as sitk
+
+SHAPE = (36, 44, 40)  # z, y, x as numpy sees a SimpleITK image
+SPACING = (1.0, 1.0, 1.0)
+# mean intensity of (background-brain, edema, necrotic core, enhancing rim) per modality: T1, T1ce, T2, FLAIR
+CONTRASTS = np.array([[100, 80, 60, 90], [100, 95, 50, 220], [100, 200, 180, 160], [100, 210, 120, 170]], float)
+
+
+def make_case(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (images (4, z, y, x) float32, labels (z, y, x) uint8 in nnU-Net's BraTS convention 0..3)."""
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in SHAPE], indexing="ij"), axis=-1).astype(float)
+    center = np.array(SHAPE) / 2
+    brain = (((grid - center) / (np.array(SHAPE) * 0.42)) ** 2).sum(-1) <= 1
+    tumor_center = center + rng.uniform(-5, 5, 3)
+    distance = np.linalg.norm(grid - tumor_center, axis=-1)
+    radius = rng.uniform(7, 10)
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[distance < radius] = 1                      # edema
+    labels[distance < 0.65 * radius] = 3               # enhancing rim
+    labels[distance < 0.4 * radius] = 2                # necrotic core
+    labels[~brain] = 0
+    images = np.zeros((4,) + SHAPE, np.float32)
+    for modality in range(4):
+        mean = CONTRASTS[modality][labels]
+        images[modality] = (mean + rng.normal(0, 8, SHAPE)) * brain
+    return images, labels
+
+
+def _write(array: np.ndarray, path: str) -> None:
+    image = sitk.GetImageFromArray(array)
+    image.SetSpacing(SPACING)
+    sitk.WriteImage(image, path)
+
+
+def write_dataset(raw_root: str, dataset_id: int, num_labeled: int = 6, num_unlabeled: int = 3, num_test: int = 2,
+                  seed: int = 0) -> str:
+    """Write DatasetNNN_SynthBraTS with imagesTr/labelsTr, imagesUnlabeled and imagesTs/labelsTs; return its path."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(raw_root, f"Dataset{dataset_id:03d}_SynthBraTS")
+    for sub in ("imagesTr", "labelsTr", "imagesUnlabeled", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(folder, sub), exist_ok=True)
+    groups = [("imagesTr", "labelsTr", "lab", num_labeled), ("imagesUnlabeled", None, "unl", num_unlabeled),
+              ("imagesTs", "labelsTs", "test", num_test)]
+    for images_dir, labels_dir, prefix, count in groups:
+        for i in range(count):
+            images, labels = make_case(rng)
+            case = f"{prefix}_{i:03d}"
+            for modality in range(4):
+                _write(images[modality], os.path.join(folder, images_dir, f"{case}_{modality:04d}.nii.gz"))
+            if labels_dir is not None:
+                _write(labels, os.path.join(folder, labels_dir, f"{case}.nii.gz"))
+    dataset_json = {
+        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
+        "labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
+        "regions_class_order": [1, 2, 3],
+        "numTraining": num_labeled,
+        "file_ending": ".nii.gz",
+    }
+    with open(os.path.join(folder, "dataset.json"), "w") as f:
+        json.dump(dataset_json, f, indent=2)
+    return folder

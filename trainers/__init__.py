@@ -1,0 +1,16 @@
+"""nnU-Net trainers of this plugin (installed as ``nnunet_mem_cif.trainers``).
+
+nnU-Net finds them through ``nnUNet_extTrainer`` (see ``nnunet-mem-cif env``).
+"""
+from nnunet_mem_cif.trainers.memcif_trainer import MemCifTrainer_noSSL
+from nnunet_mem_cif.trainers.semi_supervised import SemiSupervisedTrainer
+from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
+from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSemiTrainer_noMEM
+from nnunet_mem_cif.trainers.labeled_fraction import MemCifSemiTrainer_10pct, MemCifSemiTrainer_1pct, \
+    MemCifSemiTrainer_5pct
+from nnunet_mem_cif.trainers.debug import MemCifSemiTrainer_debug
+
+ALL_TRAINERS = ("MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
+                "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct",
+                "MemCifSemiTrainer_debug")
+__all__ = list(ALL_TRAINERS) + ["SemiSupervisedTrainer"]

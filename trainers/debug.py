@@ -1,0 +1,15 @@
+"""Same code path as the real trainer, a handful of iterations: smoke tests and CPU demos."""
+import torch
+
+from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
+
+
+class MemCifSemiTrainer_debug(MemCifSemiTrainer):
+    """2 epochs x 3 iterations (+2 validation iterations); the consistency ramp-up ends inside epoch 1."""
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = 2
+        self.num_iterations_per_epoch = 3
+        self.num_val_iterations_per_epoch = 2

@@ -1,0 +1,37 @@
+"""Supervised nnU-Net training with MemCifUNet (the 'MEM + CIF, supervised' row of the ablation table)."""
+from copy import deepcopy
+
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from torch import nn
+
+
+class MemCifTrainer_noSSL(nnUNetTrainer):
+    """nnU-Net's trainer, unchanged except that the network is MemCifUNet built from the plans' PlainConvUNet
+    arguments.
+
+    The network switches are *class* attributes because nnUNetv2_predict rebuilds the network from the trainer
+    class alone (``build_network_architecture`` is called on the class, with no instance); variants such as
+    ``MemCifSemiTrainer_noCIF`` override them.
+    """
+    network_class_name = "nnunet_mem_cif.architectures.MemCifUNet"
+    use_mem: bool = True
+    use_cif: bool = True
+    stream_width: float = 0.5
+
+    @classmethod
+    def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                   num_input_channels: int, num_output_channels: int,
+                                   enable_deep_supervision: bool = True) -> nn.Module:
+        planned = configuration_manager.network_arch_class_name
+        if planned.split(".")[-1] != "PlainConvUNet":
+            raise RuntimeError(f"{cls.__name__} builds MemCifUNet from PlainConvUNet plans (nnU-Net's default "
+                               f"nnUNetPlans), but plans '{plans_manager.plans_name}' configure {planned}. Plan with "
+                               f"the default planner or use a trainer for that architecture.")
+        arch_kwargs = deepcopy(configuration_manager.network_arch_init_kwargs)
+        arch_kwargs.update(use_mem=cls.use_mem, use_cif=cls.use_cif, stream_width=cls.stream_width)
+        return get_network_from_plans(cls.network_class_name, arch_kwargs,
+                                      configuration_manager.network_arch_init_kwargs_req_import,
+                                      num_input_channels, num_output_channels, allow_init=True,
+                                      deep_supervision=enable_deep_supervision)
