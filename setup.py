@@ -23,9 +23,12 @@ setup(
         "torch>=2.1.2,!=2.9.*",
         "SimpleITK>=2.2",
         "numpy>=1.24",
+        "scipy>=1.10",
         "tqdm",
+        "nilearn>=0.10",  # MNI152 anatomy bundled in the wheel, for make-phantom / demo (no download)
     ],
-    extras_require={"test": ["pytest>=7"]},
+    # medpy (GPL-3) only checks our metrics in the tests; it is never a runtime dependency
+    extras_require={"test": ["pytest>=7", "medpy>=0.5"]},
     entry_points={"console_scripts": ["nnunet-mem-cif=nnunet_mem_cif.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

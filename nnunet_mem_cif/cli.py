@@ -1,5 +1,6 @@
 """``nnunet-mem-cif``: the plugin's command line (nnU-Net's own commands do planning, training and prediction)."""
 import argparse
+import json
 import os
 import shlex
 import sys
@@ -25,6 +26,47 @@ def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from nnunetv2.paths import nnUNet_raw
+    from nnunet_mem_cif.brats import convert_brats2019
+    target = convert_brats2019(args.brats_dir, str(nnUNet_raw), args.dataset_id, args.name, args.subset,
+                               args.test_fraction, args.labeled_fraction, args.seed, args.overwrite)
+    split = json.load(open(os.path.join(target, "conversion.json")))["cases"]
+    print(f"Wrote {target}: {len(split['labeled'])} labeled (imagesTr), {len(split['unlabeled'])} unlabeled "
+          f"(imagesUnlabeled), {len(split['test'])} test (imagesTs); case lists in {target}/conversion.json")
+    return 0
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.phantom import make_phantom
+    cases = make_phantom(args.output_dir, args.cases, args.seed, args.spacing)
+    print(f"Wrote {len(cases)} phantom cases to {os.path.join(args.output_dir, 'HGG')}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
+    results = evaluate_folders(args.pred_dir, args.gt_dir, brats_labels=args.brats_labels)
+    print(markdown_table(results))
+    if args.o:
+        csv_file, markdown_file = write_results(results, args.o)
+        print(f"Wrote {args.o}, {csv_file}, {markdown_file}")
+    return 0
+
+
+def _cmd_to_brats(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.brats import convert_predictions_to_brats
+    count = convert_predictions_to_brats(args.pred_dir, args.output_dir)
+    print(f"Wrote {count} BraTS-labelled (0/1/2/4) segmentations to {args.output_dir}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.demo import run_demo
+    run_demo(args.workdir, args.cases, args.spacing, device=args.device, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-mem-cif", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -43,15 +85,68 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     pre.add_argument("-np", type=int, default=4, help="number of processes (default: 4)")
     pre.set_defaults(func=_cmd_preprocess_unlabeled)
+
+    conv = sub.add_parser("convert-brats2019", help="official BraTS 2019 folder -> $nnUNet_raw/DatasetNNN_NAME",
+                          description="Reads BRATS_DIR/{HGG,LGG}/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz (never "
+                                      "modifies it) and writes a region-based nnU-Net dataset: channels 0 T1, 1 T1ce, "
+                                      "2 T2, 3 FLAIR; labels 2->1, 1->2, 4->3; a seeded held-out test split in "
+                                      "imagesTs/labelsTs; with --labeled-fraction, the other training cases in "
+                                      "imagesUnlabeled.")
+    conv.add_argument("brats_dir")
+    conv.add_argument("--dataset-id", type=int, required=True)
+    conv.add_argument("--name", default="BraTS2019")
+    conv.add_argument("--subset", choices=["HGG", "LGG", "all"], default="HGG", help="default HGG (the paper's)")
+    conv.add_argument("--test-fraction", type=float, default=0.2)
+    conv.add_argument("--labeled-fraction", type=float, default=None)
+    conv.add_argument("--seed", type=int, default=12345)
+    conv.add_argument("--overwrite", action="store_true", help="replace an existing target dataset folder")
+    conv.set_defaults(func=_cmd_convert)
+
+    ph = sub.add_parser("make-phantom", help="BraTS-like phantom cases in the official BraTS 2019 layout",
+                        description="Real MNI152 anatomy (bundled with nilearn) with synthetic tumors, four contrasts, "
+                                    "bias field, noise and per-modality misregistration. Seeded.")
+    ph.add_argument("output_dir")
+    ph.add_argument("--cases", type=int, required=True)
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size in mm (default 1.0, as BraTS)")
+    ph.set_defaults(func=_cmd_phantom)
+
+    ev = sub.add_parser("evaluate", help="Dice / Sensitivity / HD95 for whole tumor, tumor core, enhancing tumor",
+                        description="Compares each reference segmentation in GT_DIR with the file of the same name in "
+                                    "PRED_DIR. Labels: nnU-Net's BraTS convention (1, 2, 3) unless --brats-labels "
+                                    "(0/1/2/4). Empty masks: see nnunet_mem_cif/evaluation.py.")
+    ev.add_argument("pred_dir")
+    ev.add_argument("gt_dir")
+    ev.add_argument("-o", help="write this JSON, plus .csv and .md beside it")
+    ev.add_argument("--brats-labels", action="store_true")
+    ev.set_defaults(func=_cmd_evaluate)
+
+    tb = sub.add_parser("to-brats-labels", help="convert nnU-Net predictions (1/2/3) to BraTS labels (1/2/4)")
+    tb.add_argument("pred_dir")
+    tb.add_argument("output_dir")
+    tb.set_defaults(func=_cmd_to_brats)
+
+    demo = sub.add_parser("demo", help="the whole workflow on phantom data, in one command",
+                          description="phantom -> convert (10%% labeled) -> nnUNetv2_plan_and_preprocess -> "
+                                      "preprocess-unlabeled -> nnUNetv2_train MemCifSemiTrainer_demo -> "
+                                      "nnUNetv2_predict -> evaluate; prints the table, saves curves and overlays.")
+    demo.add_argument("--workdir", default="mem_cif_demo")
+    demo.add_argument("--cases", type=int, default=20)
+    demo.add_argument("--spacing", type=float, default=4.0)
+    demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(func=_cmd_demo)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from nnunet_mem_cif.brats import BratsConversionError
+    from nnunet_mem_cif.evaluation import EvaluationError
     from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
     try:
         return args.func(args)
-    except UnlabeledDataError as e:
+    except (UnlabeledDataError, BratsConversionError, EvaluationError) as e:
         print(f"nnunet-mem-cif: error: {e}", file=sys.stderr)
         return 2
 

@@ -13,3 +13,17 @@ def ext_trainer_value(current: Optional[str] = None) -> str:
     ours = ext_trainer_folder()
     others = [p for p in (current or "").split(os.pathsep) if p and os.path.abspath(p) != ours]
     return os.pathsep.join([ours] + others)
+
+
+def console_script(name: str) -> str:
+    """Path of an installed console script (nnUNetv2_train, nnunet-mem-cif, ...) next to this Python."""
+    import sys
+    path = os.path.join(os.path.dirname(sys.executable), name)
+    if not os.path.isfile(path):
+        import shutil
+        found = shutil.which(name)
+        if found is None:
+            raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH: install nnunetv2 and "
+                                    f"nnunet-mem-cif into this environment")
+        path = found
+    return path

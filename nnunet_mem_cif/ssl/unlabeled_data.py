@@ -43,11 +43,18 @@ def manifest_file(preprocessed_dataset_base: str, data_identifier: str) -> str:
     return join(preprocessed_dataset_base, data_identifier + "_unlabeled.json")
 
 
+# the entries of a configuration that change what a preprocessed case looks like (not batch or patch size)
+PREPROCESSING_KEYS = ("data_identifier", "preprocessor_name", "spacing", "normalization_schemes", "use_mask_for_norm",
+                      "resampling_fn_data", "resampling_fn_data_kwargs", "resampling_fn_seg",
+                      "resampling_fn_seg_kwargs")
+
+
 def plans_fingerprint(plans_manager: PlansManager, configuration_name: str) -> str:
     """Hash of everything in the plans that changes what a preprocessed case looks like."""
+    configuration = plans_manager.get_configuration(configuration_name).configuration
     relevant = {
         "plans_name": plans_manager.plans_name,
-        "configuration": plans_manager.get_configuration(configuration_name).configuration,
+        "configuration": {key: configuration.get(key) for key in PREPROCESSING_KEYS},
         "transpose_forward": plans_manager.transpose_forward,
         "foreground_intensity_properties_per_channel": plans_manager.foreground_intensity_properties_per_channel,
         "image_reader_writer": plans_manager.plans.get("image_reader_writer"),
@@ -104,7 +111,10 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
     Writes into a ``.partial`` folder and swaps it in only when every case succeeded, so an interrupted run never
     leaves a folder that training would accept.
     """
-    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's own message says which id and where it looked
+        raise UnlabeledDataError(str(e)) from e
     preprocessed_base = join(nnUNet_preprocessed, dataset_name)
     plans_file = join(preprocessed_base, plans_identifier + ".json")
     if not isfile(plans_file):

@@ -1,0 +1,151 @@
+"""``nnunet-mem-cif demo``: phantom -> BraTS conversion (10 % labeled) -> nnU-Net planning and preprocessing ->
+unlabeled preprocessing -> MemCifSemiTrainer (short schedule) -> prediction -> evaluation, in one work folder.
+
+Every nnU-Net step runs nnU-Net's own command-line tool, exactly as a user would type it; their full output goes to
+``WORKDIR/logs/``. Uses CUDA when torch sees a GPU, the CPU otherwise.
+"""
+import os
+import re
+import shutil
+import subprocess
+import time
+from typing import Dict, List, Optional
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from nnunet_mem_cif.discovery import console_script, ext_trainer_value
+
+DEMO_TRAINER = "MemCifSemiTrainer_demo"
+DEMO_DATASET_ID = 990
+DEMO_DATASET_NAME = "PhantomBraTS"
+
+
+def _environment(workdir: str, device: str) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
+               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
+               nnUNet_results=os.path.join(workdir, "nnUNet_results"),
+               nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")))
+    if device == "cpu":
+        cores = os.cpu_count() or 2
+        env.setdefault("nnUNet_compile", "0")
+        env.setdefault("nnUNet_n_proc_DA", str(max(1, min(4, cores - 1))))
+        env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, cores))))
+    return env
+
+
+def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
+             progress_pattern: Optional[str] = None, total: Optional[int] = None) -> None:
+    """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines)."""
+    pattern = re.compile(progress_pattern) if progress_pattern else None
+    with open(log_file, "w") as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
+                                          leave=True) as bar:
+        log.write("$ " + " ".join(command) + "\n")
+        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   bufsize=1)
+        for line in process.stdout:
+            log.write(line)
+            if pattern is not None and pattern.search(line):
+                bar.update(1)
+            elif total is None:
+                bar.update(0)
+            bar.set_postfix_str(line.strip()[-60:], refresh=True)
+        code = process.wait()
+    if code != 0:
+        raise RuntimeError(f"{title} failed (exit code {code}); see {log_file}")
+
+
+def save_overlays(images_folder: str, labels_folder: str, predictions_folder: str, output_folder: str,
+                  max_cases: int = 4) -> List[str]:
+    """PNG per test case: FLAIR with the reference and with the prediction, on the slice with most tumor."""
+    import matplotlib
+    matplotlib.use("agg")
+    import matplotlib.pyplot as plt
+    from nnunetv2.utilities.overlay_plots import generate_overlay
+    os.makedirs(output_folder, exist_ok=True)
+    written = []
+    mapping = {1: 0, 2: 1, 3: 2}  # edema, core, enhancing -> nnU-Net's color cycle
+    for name in sorted(f for f in os.listdir(labels_folder) if f.endswith(".nii.gz"))[:max_cases]:
+        case = name[:-len(".nii.gz")]
+        flair = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(images_folder, f"{case}_0003.nii.gz")))
+        reference = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(labels_folder, name)))
+        prediction = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(predictions_folder, name)))
+        z = int(np.argmax((reference > 0).sum((1, 2))))
+        fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+        for ax, (title, image) in zip(axes, [("FLAIR", flair[z]),
+                                             ("reference", generate_overlay(flair[z], reference[z], mapping)),
+                                             ("MemCifSemiTrainer", generate_overlay(flair[z], prediction[z], mapping))]):
+            ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
+            ax.set_title(title)
+            ax.axis("off")
+        fig.suptitle(f"{case}, slice {z} (edema / core / enhancing)")
+        fig.tight_layout()
+        path = os.path.join(output_folder, f"{case}.png")
+        fig.savefig(path, dpi=80)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fraction: float = 0.1,
+             test_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> dict:
+    from nnunet_mem_cif.brats import convert_brats2019
+    from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
+    from nnunet_mem_cif.phantom import make_phantom
+    from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
+    from nnunet_mem_cif.trainers import MemCifSemiTrainer_demo
+
+    start = time.time()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    workdir = os.path.abspath(workdir)
+    logs, results = os.path.join(workdir, "logs"), os.path.join(workdir, "results")
+    for folder in (logs, results):
+        os.makedirs(folder, exist_ok=True)
+    env = _environment(workdir, device)
+    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
+    print(f"nnunet-mem-cif demo in {workdir} on {device}")
+
+    print("[1/7] phantom cases (MNI152 anatomy from nilearn, synthetic tumors)")
+    phantom = os.path.join(workdir, "brats2019_phantom")
+    shutil.rmtree(phantom, ignore_errors=True)
+    make_phantom(phantom, num_cases, seed=seed, spacing=spacing)
+
+    print(f"[2/7] BraTS 2019 layout -> nnU-Net dataset ({labeled_fraction:.0%} of the training cases labeled)")
+    dataset = convert_brats2019(phantom, env["nnUNet_raw"], DEMO_DATASET_ID, DEMO_DATASET_NAME,
+                                test_fraction=test_fraction, labeled_fraction=labeled_fraction, seed=seed,
+                                overwrite=True)
+    dataset_name = os.path.basename(dataset)
+    shutil.rmtree(os.path.join(env["nnUNet_preprocessed"], dataset_name), ignore_errors=True)
+
+    run_step("[3/7] nnUNetv2_plan_and_preprocess", [console_script("nnUNetv2_plan_and_preprocess"), "-d",
+             str(DEMO_DATASET_ID), "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env,
+             os.path.join(logs, "plan_and_preprocess.log"))
+    print("[4/7] nnunet-mem-cif preprocess-unlabeled")
+    preprocess_unlabeled(DEMO_DATASET_ID, "3d_fullres", num_processes=1)
+
+    # fewer than 5 labeled cases: nnU-Net's 5-fold split is impossible, so train on all labeled cases
+    run_step(f"[5/7] nnUNetv2_train {DEMO_TRAINER}", [console_script("nnUNetv2_train"), str(DEMO_DATASET_ID),
+             "3d_fullres", "all", "-tr", DEMO_TRAINER, "-device", device], env, os.path.join(logs, "train.log"),
+             progress_pattern=r"Epoch time:", total=MemCifSemiTrainer_demo.EPOCHS)
+    predictions = os.path.join(workdir, "predictions")
+    run_step("[6/7] nnUNetv2_predict", [console_script("nnUNetv2_predict"), "-i",
+             os.path.join(dataset, "imagesTs"), "-o", predictions, "-d", str(DEMO_DATASET_ID), "-c", "3d_fullres",
+             "-tr", DEMO_TRAINER, "-f", "all", "-device", device, "-npp", "1", "-nps", "1"], env,
+             os.path.join(logs, "predict.log"))
+
+    print("[7/7] evaluation, curves, overlays")
+    metrics = evaluate_folders(predictions, os.path.join(dataset, "labelsTs"))
+    write_results(metrics, os.path.join(results, "metrics.json"))
+    training_folder = os.path.join(env["nnUNet_results"], dataset_name, f"{DEMO_TRAINER}__nnUNetPlans__3d_fullres",
+                                   "fold_all")
+    shutil.copyfile(os.path.join(training_folder, "progress.png"), os.path.join(results, "progress.png"))
+    save_overlays(os.path.join(dataset, "imagesTs"), os.path.join(dataset, "labelsTs"), predictions,
+                  os.path.join(results, "overlays"))
+    minutes = (time.time() - start) / 60
+    print(f"\nTest cases: {len(metrics['cases'])} held-out phantom cases; trainer {DEMO_TRAINER}; {minutes:.1f} min")
+    print(markdown_table(metrics))
+    print(f"\nResults: {results} (metrics.json/.csv/.md, progress.png, overlays/); logs: {logs}")
+    return metrics

@@ -1,0 +1,102 @@
+"""MEM and CIF modules on their own."""
+import pytest
+import torch
+from torch import nn
+
+from nnunet_mem_cif.architectures import ComplementaryInformationFusion, ModalitySpecificEnhancement, grouped_conv_op
+
+
+def test_grouped_conv_op_is_a_conv_subclass_with_fixed_groups():
+    op = grouped_conv_op(nn.Conv3d, 4)
+    assert issubclass(op, nn.Conv3d) and op is grouped_conv_op(nn.Conv3d, 4)
+    conv = op(8, 12, 3, padding=1)
+    assert conv.groups == 4 and conv.weight.shape == (12, 2, 3, 3, 3)
+    assert grouped_conv_op(nn.Conv2d, 1) is nn.Conv2d
+    with pytest.raises(ValueError):
+        op(8, 12, 3, groups=2)
+
+
+def test_mem_attention_is_computed_per_modality():
+    torch.manual_seed(0)
+    mem = ModalitySpecificEnhancement(nn.Conv3d, num_modalities=3, channels_per_modality=8)
+    x = torch.randn(2, 24, 6, 7, 8)
+    weights = mem.attention(x)
+    assert weights.shape == (2, 24, 1, 1, 1)
+    assert torch.all((weights > 0) & (weights < 1))
+    # changing modality 2's features changes only modality 2's attention
+    y = x.clone()
+    y[:, 16:] = torch.randn(2, 8, 6, 7, 8) * 3 + 1
+    changed = (mem.attention(y) - weights).abs().flatten(1).amax(0)
+    assert torch.all(changed[:16] == 0) and changed[16:].sum() > 0
+    # modalities with identical features get different weights: parameters are per modality
+    same = x[:, :8].repeat(1, 3, 1, 1, 1)
+    w = mem.attention(same).flatten(1)
+    assert not torch.allclose(w[:, :8], w[:, 8:16])
+
+
+def test_mem_pools_over_the_whole_3d_volume():
+    """A change confined to one slice, far from the others, changes the attention of every voxel."""
+    torch.manual_seed(0)
+    mem = ModalitySpecificEnhancement(nn.Conv3d, num_modalities=2, channels_per_modality=8)
+    nn.init.constant_(mem.squeeze.bias, 1.0)  # keep the hidden ReLUs active, so that the test cannot pass by luck
+    x = torch.randn(1, 16, 16, 8, 8)
+    y = x.clone()
+    y[:, :, 15] += 5.0 * torch.rand(16, 1, 1)  # last slice only
+    assert not torch.allclose(mem.attention(x), mem.attention(y))
+    # and the enhanced output changes in the first slice, 15 slices away
+    assert not torch.allclose(mem(x)[:, :, 0], mem(y)[:, :, 0])
+
+
+def test_mem_works_in_2d():
+    mem = ModalitySpecificEnhancement(nn.Conv2d, num_modalities=4, channels_per_modality=2)
+    assert mem(torch.randn(3, 8, 5, 5)).shape == (3, 8, 5, 5)
+
+
+def reference_cif(cif: ComplementaryInformationFusion, x: torch.Tensor) -> torch.Tensor:
+    """DESIGN §2 written out per modality, with explicit loops."""
+    m, c = cif.num_modalities, cif.channels_per_modality
+    streams = x.view(x.shape[0], m, c, *x.shape[2:])
+    a = cif.mixing_weights()
+    out = []
+    for i in range(m):
+        comp = sum(a[i, j] * streams[:, j] for j in range(m) if j != i)
+        pre = (torch.einsum("oc,bc...->bo...", cif.gate_weight_self[i], streams[:, i])
+               + torch.einsum("oc,bc...->bo...", cif.gate_weight_other[i], comp)
+               + cif.gate_bias[i * c:(i + 1) * c].view(1, c, *([1] * (x.ndim - 2))))
+        out.append(streams[:, i] + torch.sigmoid(pre) * comp)
+    return torch.stack(out, 1).reshape(x.shape)
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 5, 6), (2, 12, 3, 4, 5)])
+def test_cif_matches_the_per_modality_formula(shape):
+    torch.manual_seed(0)
+    cif = ComplementaryInformationFusion(num_modalities=3, channels_per_modality=4)
+    with torch.no_grad():
+        cif.mixing_logits.normal_()
+        cif.gate_bias.normal_()
+    x = torch.randn(*shape)
+    torch.testing.assert_close(cif(x), reference_cif(cif, x), atol=1e-5, rtol=1e-5)
+
+
+def test_cif_mixing_excludes_self_and_sums_to_one():
+    cif = ComplementaryInformationFusion(4, 2)
+    with torch.no_grad():
+        cif.mixing_logits.normal_()
+    a = cif.mixing_weights()
+    assert torch.all(a.diagonal() == 0)
+    torch.testing.assert_close(a.sum(1), torch.ones(4))
+
+
+def test_cif_with_one_modality_is_identity():
+    cif = ComplementaryInformationFusion(1, 4)
+    x = torch.randn(2, 4, 3, 3, 3)
+    assert torch.equal(cif(x), x)
+
+
+def test_cif_exchanges_information_between_modalities():
+    torch.manual_seed(0)
+    cif = ComplementaryInformationFusion(2, 3)
+    x = torch.randn(1, 6, 4, 4, 4)
+    y = x.clone()
+    y[:, 3:] += 1.0  # change modality 1 only
+    assert not torch.allclose(cif(x)[:, :3], cif(y)[:, :3])  # modality 0 sees it

@@ -1,0 +1,140 @@
+"""Ramp-up, EMA teacher, consistency loss, cross-modal perturbation, labeled subset."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
+from torch import nn
+
+from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
+from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
+from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews, modality_keep_mask, \
+    shift_with_zero_fill
+
+
+def test_sigmoid_rampup_values():
+    assert sigmoid_rampup(0, 100) == pytest.approx(math.exp(-5))
+    assert sigmoid_rampup(50, 100) == pytest.approx(math.exp(-5 * 0.25))
+    assert sigmoid_rampup(100, 100) == 1.0
+    assert sigmoid_rampup(1000, 100) == 1.0
+    assert sigmoid_rampup(3, 0) == 1.0
+    values = [sigmoid_rampup(t, 100) for t in range(101)]
+    assert all(a < b for a, b in zip(values, values[1:]))
+
+
+def test_ema_update_maths():
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+    teacher = EMATeacher(student)
+    before = [p.clone() for p in teacher.module.parameters()]
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+        student[1].running_mean.fill_(7.0)
+    teacher.update(student, decay=0.9)
+    for old, new, s in zip(before, teacher.module.parameters(), student.parameters()):
+        torch.testing.assert_close(new, 0.9 * old + 0.1 * s)
+    assert torch.all(teacher.module[1].running_mean == 7.0)  # buffers are copied
+    assert not any(p.requires_grad for p in teacher.parameters())
+    teacher.train()
+    assert not teacher.module.training  # the teacher never leaves eval mode
+
+
+def test_ema_decay_warmup():
+    assert ema_decay_at(0, 0.99) == 0.0
+    assert ema_decay_at(1, 0.99) == 0.5
+    assert ema_decay_at(10_000, 0.99) == 0.99
+
+
+def test_consistency_zero_for_identical_inputs_and_masked_outside():
+    loss = MaskedProbabilityMSE(use_sigmoid=True)
+    logits = torch.randn(2, 3, 4, 4, 4)
+    mask = torch.ones(2, 4, 4, 4, dtype=torch.bool)
+    assert loss(logits, logits.clone(), mask) == 0
+    different = logits.clone()
+    mask[:, :2] = False
+    different[:, :, :2] += 10.0  # differs only outside the mask
+    assert loss(different, logits, mask) == 0
+    different[:, :, 3] -= 10.0  # and now inside
+    assert loss(different, logits, mask) > 0
+
+
+def test_consistency_value_and_gradient_flow():
+    loss = MaskedProbabilityMSE(use_sigmoid=False)
+    student = torch.zeros(1, 2, 2, 2, requires_grad=True)  # softmax -> 0.5 / 0.5
+    teacher = torch.tensor([[[[0.0, 0.0], [0.0, 0.0]], [[math.log(3), 0.0], [0.0, 0.0]]]], requires_grad=True)
+    mask = torch.tensor([[[True, False], [False, False]]])
+    value = loss(student, teacher, mask)
+    assert value.item() == pytest.approx(0.25 ** 2)  # teacher probs 0.25 / 0.75 at the one masked voxel
+    value.backward()
+    assert student.grad.abs().sum() > 0 and teacher.grad is None
+
+
+def test_semi_supervised_loss_splits_the_batch():
+    supervised = DeepSupervisionWrapper(lambda out, tgt: (out - tgt).abs().mean(), (1.0, 0.5))
+    consistency = DeepSupervisionWrapper(MaskedProbabilityMSE(True), (1.0, 0.5))
+    loss = SemiSupervisedLoss(supervised, consistency)
+    output = [torch.randn(5, 3, 8, 8), torch.randn(5, 3, 4, 4)]
+    target = [torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)]
+    labeled_only = [o[:2] for o in output]
+    torch.testing.assert_close(loss(labeled_only, target), supervised(labeled_only, target))  # validation path
+    teacher = [o[2:].clone() for o in output]
+    masks = [torch.ones(3, 8, 8, dtype=torch.bool), torch.ones(3, 4, 4, dtype=torch.bool)]
+    loss.prepare_unlabeled(2, teacher, masks, weight=0.5)
+    total = loss(output, target)
+    expected_supervised = supervised([o[:2] for o in output], target)
+    torch.testing.assert_close(loss.last_supervised, expected_supervised)
+    assert loss.last_consistency == 0  # teacher == student on the unlabeled part
+    torch.testing.assert_close(total, expected_supervised)
+    # the preparation is used once: the next call is supervised-only again
+    assert loss._unlabeled is None
+
+
+def test_modality_dropout_keeps_at_least_one():
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        keep = modality_keep_mask(4, 0.9, generator)
+        assert keep.any()
+    assert modality_keep_mask(4, 0.0, generator).all()
+    assert modality_keep_mask(4, 1.0, generator).sum() == 1
+
+
+def test_shift_with_zero_fill():
+    image = torch.arange(1, 10, dtype=torch.float32).view(3, 3)
+    shifted = shift_with_zero_fill(image, (1, -1))
+    assert torch.equal(shifted, torch.tensor([[0, 0, 0], [2, 3, 0], [5, 6, 0]], dtype=torch.float32))
+    assert torch.equal(shift_with_zero_fill(image, (0, 0)), image)
+
+
+def test_weak_strong_views_stack_channels_and_perturb_only_the_strong_view():
+    torch.manual_seed(0)
+    image = torch.randn(4, 6, 7, 8)
+    views = WeakStrongViews(CrossModalPerturbation(drop_probability=0.5))(image=image.clone())["image"]
+    assert views.shape == (8, 6, 7, 8)
+    assert torch.equal(views[:4], image)
+    assert not torch.equal(views[4:], image)
+    dropped = [c for c in range(4) if torch.all(views[4 + c] == 0)]
+    assert len(dropped) < 4
+
+
+def test_perturbation_without_dropout_or_shift_is_a_per_modality_affine_map():
+    torch.manual_seed(1)
+    image = torch.randn(3, 5, 5)
+    strong = CrossModalPerturbation(drop_probability=0.0, max_shift_voxels=0)(image=image.clone())["image"]
+    for c in range(3):
+        slope = np.polyfit(image[c].flatten().numpy(), strong[c].flatten().numpy(), 1)[0]
+        assert 0.9 <= slope <= 1.1
+
+
+def test_labeled_fraction_split_is_seeded_and_disjoint():
+    cases = [f"case_{i:03d}" for i in range(200)]
+    labeled, unlabeled = split_labeled_fraction(cases, 0.05, seed=3)
+    assert len(labeled) == 10 and len(unlabeled) == 190
+    assert set(labeled).isdisjoint(unlabeled) and set(labeled) | set(unlabeled) == set(cases)
+    assert split_labeled_fraction(list(reversed(cases)), 0.05, seed=3) == (labeled, unlabeled)
+    assert split_labeled_fraction(cases, 0.05, seed=4)[0] != labeled
+    assert split_labeled_fraction(cases[:5], 0.01, seed=3)[0].__len__() == 1  # at least one labeled case
+    with pytest.raises(ValueError):
+        split_labeled_fraction(cases, 0.0, seed=3)

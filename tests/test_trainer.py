@@ -1,0 +1,98 @@
+"""The trainers in-process: checkpoint round trip, benchmark mode, loud failures, nnU-Net's lookup."""
+import os
+
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import load_json
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+
+from nnunet_mem_cif.architectures import MemCifUNet
+from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
+from nnunet_workspace import make_trainer
+
+
+@pytest.fixture
+def trainer_env(workspace, monkeypatch, tmp_path):
+    workspace.set_environment(monkeypatch)
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    return workspace
+
+
+def randomize(module: torch.nn.Module) -> None:
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.normal_()
+
+
+def test_checkpoint_round_trip_restores_student_teacher_and_step(trainer_env, tmp_path):
+    trainer = make_trainer("MemCifSemiTrainer_debug")
+    trainer.initialize()
+    randomize(trainer.network)
+    randomize(trainer.teacher.module)
+    trainer.ssl_step, trainer.unlabeled_batches_seen = 17, 17
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    assert not os.path.exists(path + ".partial")
+
+    restored = make_trainer("MemCifSemiTrainer_debug")
+    restored.load_checkpoint(path)
+    for name, source in [("student", trainer.network), ("teacher", trainer.teacher.module)]:
+        target = restored.network if name == "student" else restored.teacher.module
+        for (key, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+            assert torch.equal(a, b), f"{name}: {key}"
+    assert not torch.equal(next(restored.network.parameters()), next(restored.teacher.module.parameters()))
+    assert restored.ssl_step == 17 and restored.unlabeled_batches_seen == 17
+    checkpoint = torch.load(path, weights_only=False)
+    assert checkpoint["mem_cif_ssl"]["inference_weights"] == "student"
+    assert checkpoint["trainer_name"] == "MemCifSemiTrainer_debug"
+
+
+def test_resuming_from_a_checkpoint_without_ssl_state_fails_loudly(trainer_env, tmp_path):
+    trainer = make_trainer("MemCifSemiTrainer_debug")
+    trainer.initialize()
+    path = str(tmp_path / "supervised.pth")
+    nnUNetTrainer.save_checkpoint(trainer, path)  # what a supervised nnU-Net trainer writes
+    with pytest.raises(RuntimeError, match="pretrained_weights"):
+        make_trainer("MemCifSemiTrainer_debug").load_checkpoint(path)
+
+
+def test_benchmark_mode_hides_labels_of_a_seeded_subset(trainer_env):
+    trainer = make_trainer("MemCifSemiTrainer_10pct")
+    assert trainer.labeled_fraction == 0.10
+    trainer.initialize()
+    all_training, validation = nnUNetTrainer.do_split(trainer)
+    labeled, val = trainer.do_split()
+    assert val == validation and len(labeled) == 1
+    record = load_json(os.path.join(trainer.output_folder, "labeled_subset.json"))
+    assert record["labeled"] == labeled and record["seed"] == trainer.labeled_subset_seed
+    assert sorted(record["labeled"] + record["unlabeled"]) == sorted(all_training)
+    unlabeled = trainer.get_unlabeled_dataset()
+    assert sorted(unlabeled.identifiers) == sorted(record["unlabeled"])
+    again = make_trainer("MemCifSemiTrainer_10pct")
+    assert again.do_split()[0] == labeled  # same seed, same subset
+
+
+def test_network_switches_of_the_variants(trainer_env):
+    for name, use_mem, use_cif in [("MemCifSemiTrainer", True, True), ("MemCifSemiTrainer_noMEM", False, True),
+                                   ("MemCifSemiTrainer_noCIF", True, False), ("MemCifTrainer_noSSL", True, True)]:
+        trainer = make_trainer(name)
+        network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 4, 3,
+                                                     enable_deep_supervision=False)
+        assert isinstance(network, MemCifUNet)
+        assert (network.use_mem, network.use_cif) == (use_mem, use_cif), name
+
+
+def test_missing_unlabeled_data_stops_before_training(trainer_env, monkeypatch, tmp_path):
+    """A semi-supervised trainer never falls back to supervised training."""
+    import shutil
+    from nnunet_workspace import DATASET_NAME
+    copy = tmp_path / "preprocessed"
+    shutil.copytree(os.path.join(trainer_env.preprocessed, DATASET_NAME), copy / DATASET_NAME)
+    shutil.rmtree(copy / DATASET_NAME / "nnUNetPlans_3d_fullres_unlabeled")
+    monkeypatch.setenv("nnUNet_preprocessed", str(copy))
+    trainer = make_trainer("MemCifSemiTrainer_debug")
+    trainer.initialize()
+    with pytest.raises(UnlabeledDataError, match="preprocess-unlabeled"):
+        trainer.get_dataloaders()
+    assert trainer.dataloader_train is None
