@@ -31,9 +31,11 @@ def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.brats import convert_brats2019
     target = convert_brats2019(args.brats_dir, str(nnUNet_raw), args.dataset_id, args.name, args.subset,
                                args.test_fraction, args.labeled_fraction, args.seed, args.overwrite)
-    split = json.load(open(os.path.join(target, "conversion.json")))["cases"]
-    print(f"Wrote {target}: {len(split['labeled'])} labeled (imagesTr), {len(split['unlabeled'])} unlabeled "
-          f"(imagesUnlabeled), {len(split['test'])} test (imagesTs); case lists in {target}/conversion.json")
+    with open(os.path.join(target, "conversion.json")) as f:
+        split = json.load(f)["cases"]
+    for group, folder in (("labeled", "imagesTr"), ("unlabeled", "imagesUnlabeled"), ("test", "imagesTs")):
+        print(f"{group} ({folder}, {len(split[group])}): {' '.join(split[group])}")
+    print(f"Wrote {target}; the case lists are recorded in {os.path.join(target, 'conversion.json')}")
     return 0
 
 

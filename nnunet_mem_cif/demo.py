@@ -28,7 +28,8 @@ def _environment(workdir: str, device: str) -> Dict[str, str]:
     env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
                nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
                nnUNet_results=os.path.join(workdir, "nnUNet_results"),
-               nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")))
+               nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
+               PYTHONUNBUFFERED="1")  # line by line into the logs and progress bars
     if device == "cpu":
         cores = os.cpu_count() or 2
         env.setdefault("nnUNet_compile", "0")
@@ -48,10 +49,8 @@ def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
                                    bufsize=1)
         for line in process.stdout:
             log.write(line)
-            if pattern is not None and pattern.search(line):
+            if pattern is None or pattern.search(line):
                 bar.update(1)
-            elif total is None:
-                bar.update(0)
             bar.set_postfix_str(line.strip()[-60:], refresh=True)
         code = process.wait()
     if code != 0:
@@ -67,7 +66,7 @@ def save_overlays(images_folder: str, labels_folder: str, predictions_folder: st
     from nnunetv2.utilities.overlay_plots import generate_overlay
     os.makedirs(output_folder, exist_ok=True)
     written = []
-    mapping = {1: 0, 2: 1, 3: 2}  # edema, core, enhancing -> nnU-Net's color cycle
+    mapping = {1: 1, 2: 2, 3: 3}  # edema, core, enhancing -> nnU-Net's color cycle (entry 0 is black)
     for name in sorted(f for f in os.listdir(labels_folder) if f.endswith(".nii.gz"))[:max_cases]:
         case = name[:-len(".nii.gz")]
         flair = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(images_folder, f"{case}_0003.nii.gz")))
@@ -81,7 +80,7 @@ def save_overlays(images_folder: str, labels_folder: str, predictions_folder: st
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.set_title(title)
             ax.axis("off")
-        fig.suptitle(f"{case}, slice {z} (edema / core / enhancing)")
+        fig.suptitle(f"{case}, slice {z}: blue edema, orange necrotic core, green enhancing tumor")
         fig.tight_layout()
         path = os.path.join(output_folder, f"{case}.png")
         fig.savefig(path, dpi=80)

@@ -1,5 +1,7 @@
 """Where nnU-Net's ``nnUNet_extTrainer`` must point to find this plugin's trainers."""
 import os
+import shutil
+import sys
 from typing import Optional
 
 
@@ -16,11 +18,9 @@ def ext_trainer_value(current: Optional[str] = None) -> str:
 
 
 def console_script(name: str) -> str:
-    """Path of an installed console script (nnUNetv2_train, nnunet-mem-cif, ...) next to this Python."""
-    import sys
+    """Path of an installed console script (nnUNetv2_train, nnunet-mem-cif, ...): next to this Python, else PATH."""
     path = os.path.join(os.path.dirname(sys.executable), name)
     if not os.path.isfile(path):
-        import shutil
         found = shutil.which(name)
         if found is None:
             raise FileNotFoundError(f"{name} not found next to {sys.executable} or on PATH: install nnunetv2 and "

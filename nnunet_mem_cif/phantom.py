@@ -54,17 +54,16 @@ def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Ge
     shape = anatomy["brain"].shape
     candidates = np.argwhere((anatomy["wm"] > 0.6) & anatomy["brain"])
     center = candidates[rng.integers(len(candidates))]
-    radius_mm = rng.uniform(10, 24)
+    radius_mm = rng.uniform(12, 26)  # of the tumor core (enhancing rim included); edema extends beyond
     grid = np.indices(shape).astype(float)
     distance = np.sqrt(sum(((grid[i] - center[i]) * spacing) ** 2 for i in range(3)))
     irregular = distance / (1 + 0.35 * _smooth_noise(shape, rng, 6 / spacing))
-    core_fraction = rng.uniform(0.2, 0.5)
-    rim_fraction = core_fraction + rng.uniform(0.15, 0.35)
-    edema_radius = radius_mm * rng.uniform(1.3, 2.0)
+    necrosis_fraction = rng.uniform(0.4, 0.75)
+    edema_radius = radius_mm * rng.uniform(1.25, 1.8)
     labels = np.zeros(shape, np.uint8)
     labels[irregular < edema_radius] = 2
-    labels[irregular < rim_fraction * radius_mm] = 4
-    labels[irregular < core_fraction * radius_mm] = 1
+    labels[irregular < radius_mm] = 4
+    labels[irregular < necrosis_fraction * radius_mm] = 1
     labels[~anatomy["brain"]] = 0
     return labels
 

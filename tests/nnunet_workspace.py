@@ -1,24 +1,15 @@
 """An nnU-Net workspace (raw / preprocessed / results) for the tests, and ways to run nnU-Net in it."""
 import os
 import subprocess
-import sys
 
 import torch
 
-from nnunet_mem_cif.discovery import ext_trainer_value
+from nnunet_mem_cif.discovery import console_script, ext_trainer_value
 
 DATASET_ID = 501
 DATASET_NAME = "Dataset501_SynthBraTS"
 NNUNET_VARIABLES = ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results", "nnUNet_compile", "nnUNet_n_proc_DA",
                     "nnUNet_def_n_proc", "nnUNet_extTrainer")
-
-
-def nnunet_command(name: str) -> str:
-    """The console script installed next to this Python (the venv's nnUNetv2_* / nnunet-mem-cif)."""
-    path = os.path.join(os.path.dirname(sys.executable), name)
-    if not os.path.isfile(path):
-        raise RuntimeError(f"{path} not found: install nnunetv2 and this package into the interpreter running pytest")
-    return path
 
 
 class Workspace:
@@ -34,7 +25,7 @@ class Workspace:
 
     def run(self, *args: str, check: bool = True, timeout: int = 900, **env_overrides: str):
         """Run one of nnU-Net's / this plugin's console scripts in the workspace's environment."""
-        result = subprocess.run([nnunet_command(args[0]), *args[1:]], env=dict(self.env, **env_overrides),
+        result = subprocess.run([console_script(args[0]), *args[1:]], env=dict(self.env, **env_overrides),
                                 cwd=self.root, capture_output=True, text=True, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout[-4000:]}\n"

@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,6 +10,7 @@ import SimpleITK as sitk
 
 from nnunet_mem_cif.brats import BratsConversionError, MODALITIES, brats_to_nnunet_labels, convert_brats2019, \
     convert_predictions_to_brats, nnunet_to_brats_labels
+from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import REGIONS_BRATS, evaluate_folders, hd95, region_metrics, write_results
 
 
@@ -162,3 +164,18 @@ def test_phantom_is_reproducible_and_has_all_subregions(tmp_path):
         assert images["flair"][labels == 2].mean() > images["flair"][(labels == 0) & (images["t1"] > 0)].mean()
         assert images["t1ce"][labels == 4].mean() > images["t1ce"][labels == 1].mean()
         assert images["t2"][labels == 1].mean() > images["t1ce"][labels == 1].mean()
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"))
+    make_brats_folder(str(tmp_path / "brats"), hgg=1, lgg=0)
+    os.makedirs(tmp_path / "raw" / "Dataset079_BraTS2019")
+    runs = {
+        "already exists": ["convert-brats2019", str(tmp_path / "brats"), "--dataset-id", "79"],
+        "does not exist": ["convert-brats2019", str(tmp_path / "nowhere"), "--dataset-id", "80"],
+        "no reference segmentations": ["evaluate", str(tmp_path), str(tmp_path / "raw")],
+    }
+    for message, args in runs.items():
+        result = subprocess.run([console_script("nnunet-mem-cif"), *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr

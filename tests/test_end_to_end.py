@@ -1,13 +1,16 @@
 """nnU-Net's real commands on generated data: plan/preprocess -> preprocess-unlabeled -> train -> predict."""
+import json
 import os
 import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
+from nnunet_mem_cif.discovery import console_script
 from nnunet_workspace import DATASET_ID, DATASET_NAME
 
 pytestmark = pytest.mark.e2e
@@ -74,3 +77,20 @@ def test_preprocess_unlabeled_missing_plans_names_the_fix(workspace):
     result = workspace.run("nnunet-mem-cif", "preprocess-unlabeled", "-d", "503", "-c", "3d_fullres", check=False)
     assert result.returncode == 2
     assert "nnUNetv2_plan_and_preprocess -d Dataset503_NoPlans" in result.stderr
+
+
+def test_demo_runs_the_whole_workflow(tmp_path):
+    """The README's main job, at a coarse spacing so that it fits CI (about 3 minutes on 2 cores)."""
+    workdir = tmp_path / "demo"
+    result = subprocess.run([console_script("nnunet-mem-cif"), "demo", "--workdir", str(workdir), "--cases", "8",
+                             "--spacing", "8", "--device", "cpu"], capture_output=True, text=True, timeout=1200,
+                            env=dict(os.environ, nnUNet_n_proc_DA="1", nnUNet_def_n_proc="1"))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "| whole_tumor |" in result.stdout
+    metrics = json.load(open(workdir / "results" / "metrics.json"))
+    assert set(metrics["mean"]) == {"whole_tumor", "tumor_core", "enhancing_tumor", "mean"}
+    assert len(metrics["cases"]) == 2
+    assert (workdir / "results" / "progress.png").is_file()
+    assert len(list((workdir / "results" / "overlays").glob("*.png"))) == 2
+    train_log = (workdir / "logs" / "train.log").read_text()
+    assert train_log.count("SSL: supervised loss") == 10  # every epoch logged, unbuffered, into the demo's log

@@ -10,7 +10,6 @@ from nnunet_mem_cif.trainers.labeled_fraction import MemCifSemiTrainer_10pct, Me
     MemCifSemiTrainer_5pct
 from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_debug, MemCifSemiTrainer_demo
 
-ALL_TRAINERS = ("MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
-                "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct",
-                "MemCifSemiTrainer_debug", "MemCifSemiTrainer_demo")
-__all__ = list(ALL_TRAINERS) + ["SemiSupervisedTrainer"]
+__all__ = ["MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
+           "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct", "MemCifSemiTrainer_debug",
+           "MemCifSemiTrainer_demo", "SemiSupervisedTrainer"]

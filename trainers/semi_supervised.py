@@ -7,7 +7,7 @@ What it adds to nnUNetTrainer (everything else, including the supervised loss, i
 - checkpoints that carry the teacher and the SSL step, logs and progress.png with both loss terms.
 """
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -178,6 +178,12 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         self.print_to_log_file(f"Unlabeled cases: {len(unlabeled.identifiers)} ({source})")
         _ = next(self.dataloader_unlabeled)
         return dataloader_train, dataloader_val
+
+    def on_train_start(self):
+        super().on_train_start()
+        if self.ssl_step == 0:
+            # a fresh run may have loaded -pretrained_weights into the student after the teacher was created
+            self.teacher.module.load_state_dict(self._student_module().state_dict())
 
     def on_train_end(self):
         super().on_train_end()

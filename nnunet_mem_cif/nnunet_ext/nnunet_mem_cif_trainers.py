@@ -5,4 +5,3 @@ holds only this uniquely named module, which imports the trainers from their rea
 their module path ``nnunet_mem_cif.trainers...`` (pickling, worker processes, checkpoint loading keep working).
 """
 from nnunet_mem_cif.trainers import *  # noqa: F401,F403
-from nnunet_mem_cif.trainers import __all__  # noqa: F401
