@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # nnU-Net channel index = position
@@ -47,7 +48,7 @@ def nnunet_to_brats_labels(labels: np.ndarray, source: str = "segmentation") -> 
 
 
 def _convert_label_file(source: str, target: str, mapping: Dict[int, int]) -> None:
-    image = sitk.ReadImage(source)
+    image = _read_checked(source)
     converted = sitk.GetImageFromArray(_map_labels(sitk.GetArrayFromImage(image), mapping, source))
     converted.CopyInformation(image)
     sitk.WriteImage(converted, target)
@@ -61,6 +62,46 @@ def convert_predictions_to_brats(prediction_folder: str, output_folder: str, fil
         _convert_label_file(os.path.join(prediction_folder, name), os.path.join(output_folder, name),
                             NNUNET_TO_BRATS)
     return len(files)
+
+
+def _read_checked(path: str) -> sitk.Image:
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+        raise BratsConversionError(f"{path}: unreadable or corrupt ({reason}). Restore the file or remove the "
+                                   f"case folder.") from e
+
+
+def _geometry(path: str) -> tuple:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(path)
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise BratsConversionError(f"{path}: unreadable or corrupt header. Restore the file or remove the case "
+                                   f"folder.") from e
+    return reader.GetSize(), reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection()
+
+
+def check_case(case: str, folder: str) -> None:
+    """All five files readable, on one voxel grid, with finite, not all-zero images (one clear error otherwise)."""
+    reference = None
+    for name in MODALITIES + ("seg",):
+        path = os.path.join(folder, f"{case}_{name}.nii.gz")
+        geometry = _geometry(path)
+        if reference is None:
+            reference = (path, geometry)
+        elif geometry[0] != reference[1][0] or not all(
+                np.allclose(a, b, atol=1e-3) for a, b in zip(geometry[1:], reference[1][1:])):
+            raise BratsConversionError(f"{path}: size/spacing/origin/direction {geometry} differ from "
+                                       f"{reference[0]} {reference[1]}. All modalities of a case must be co-registered "
+                                       f"on one voxel grid; resample them or remove the case.")
+        if name != "seg":
+            try:
+                check_image_file(path)
+            except InvalidImageError as e:
+                raise BratsConversionError(str(e)) from e
 
 
 def find_brats_cases(brats_dir: str, subset: str = "HGG") -> List[Tuple[str, str]]:
@@ -136,28 +177,33 @@ def convert_brats2019(brats_dir: str, raw_root: str, dataset_id: int, name: str 
     split = split_cases(list(cases), test_fraction, labeled_fraction, seed)
     partial = target + ".partial"
     shutil.rmtree(partial, ignore_errors=True)
-    folders = {"test": ("imagesTs", "labelsTs"), "labeled": ("imagesTr", "labelsTr"),
-               "unlabeled": ("imagesUnlabeled", None)}
-    for images, labels in folders.values():
-        os.makedirs(os.path.join(partial, images))
-        if labels:
-            os.makedirs(os.path.join(partial, labels))
-    jobs = [(group, case) for group in ("labeled", "unlabeled", "test") for case in split[group]]
-    for group, case in tqdm(jobs, desc=f"Converting BraTS 2019 ({subset})", unit="case"):
-        images, labels = folders[group]
-        source = cases[case]
-        for channel, modality in enumerate(MODALITIES):
-            shutil.copyfile(os.path.join(source, f"{case}_{modality}.nii.gz"),
-                            os.path.join(partial, images, f"{case}_{channel:04d}.nii.gz"))
-        if labels:
-            _convert_label_file(os.path.join(source, f"{case}_seg.nii.gz"),
-                                os.path.join(partial, labels, f"{case}.nii.gz"), BRATS_TO_NNUNET)
-    with open(os.path.join(partial, "dataset.json"), "w") as f:
-        json.dump(region_dataset_json(len(split["labeled"])), f, indent=2)
-    record = {"source": os.path.abspath(brats_dir), "subset": subset, "seed": seed, "test_fraction": test_fraction,
-              "labeled_fraction": labeled_fraction, "cases": split}
-    with open(os.path.join(partial, "conversion.json"), "w") as f:
-        json.dump(record, f, indent=2)
+    try:
+        folders = {"test": ("imagesTs", "labelsTs"), "labeled": ("imagesTr", "labelsTr"),
+                   "unlabeled": ("imagesUnlabeled", None)}
+        for images, labels in folders.values():
+            os.makedirs(os.path.join(partial, images))
+            if labels:
+                os.makedirs(os.path.join(partial, labels))
+        jobs = [(group, case) for group in ("labeled", "unlabeled", "test") for case in split[group]]
+        for group, case in tqdm(jobs, desc=f"Converting BraTS 2019 ({subset})", unit="case"):
+            images, labels = folders[group]
+            source = cases[case]
+            check_case(case, source)
+            for channel, modality in enumerate(MODALITIES):
+                shutil.copyfile(os.path.join(source, f"{case}_{modality}.nii.gz"),
+                                os.path.join(partial, images, f"{case}_{channel:04d}.nii.gz"))
+            if labels:
+                _convert_label_file(os.path.join(source, f"{case}_seg.nii.gz"),
+                                    os.path.join(partial, labels, f"{case}.nii.gz"), BRATS_TO_NNUNET)
+        with open(os.path.join(partial, "dataset.json"), "w") as f:
+            json.dump(region_dataset_json(len(split["labeled"])), f, indent=2)
+        record = {"source": os.path.abspath(brats_dir), "subset": subset, "seed": seed,
+                  "test_fraction": test_fraction, "labeled_fraction": labeled_fraction, "cases": split}
+        with open(os.path.join(partial, "conversion.json"), "w") as f:
+            json.dump(record, f, indent=2)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-written dataset is ever left behind
+        raise
     if os.path.exists(target):
         shutil.rmtree(target)
     os.replace(partial, target)

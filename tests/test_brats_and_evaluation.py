@@ -28,7 +28,8 @@ def make_brats_folder(root, hgg: int, lgg: int, seed: int = 0) -> None:
             folder = os.path.join(root, grade, case)
             os.makedirs(folder)
             for modality in MODALITIES:
-                write_image(rng.normal(size=(6, 7, 8)).astype(np.float32), os.path.join(folder, f"{case}_{modality}.nii.gz"))
+                write_image(rng.normal(size=(6, 7, 8)).astype(np.float32),
+                            os.path.join(folder, f"{case}_{modality}.nii.gz"))
             write_image(rng.choice(np.array([0, 1, 2, 4], np.uint8), size=(6, 7, 8)),
                         os.path.join(folder, f"{case}_seg.nii.gz"))
 
@@ -88,6 +89,37 @@ def test_converter_rejects_a_case_with_a_missing_modality(tmp_path):
     with pytest.raises(BratsConversionError, match="BraTS19_HGG_001_flair.nii.gz"):
         convert_brats2019(str(tmp_path / "brats"), str(tmp_path / "raw"), 78)
     assert not os.path.exists(tmp_path / "raw" / "Dataset078_BraTS2019")
+
+
+def _nan_image(path):
+    array = sitk.GetArrayFromImage(sitk.ReadImage(path))
+    array[0, 0, 0] = np.nan
+    write_image(array, path)
+
+
+def _zero_image(path):
+    write_image(np.zeros((6, 7, 8), np.float32), path)
+
+
+def _other_spacing(path):
+    write_image(sitk.GetArrayFromImage(sitk.ReadImage(path)), path, spacing=(1.0, 1.0, 2.0))
+
+
+def _truncate(path):
+    with open(path, "rb") as f:
+        content = f.read()
+    with open(path, "wb") as f:
+        f.write(content[: len(content) // 2])
+
+
+@pytest.mark.parametrize("damage, message", [(_nan_image, "NaN or infinite"), (_zero_image, "all zero"),
+                                             (_other_spacing, "one voxel grid"), (_truncate, "unreadable or corrupt")])
+def test_converter_rejects_bad_images_and_leaves_nothing_behind(tmp_path, damage, message):
+    make_brats_folder(str(tmp_path / "brats"), hgg=3, lgg=0)
+    damage(str(tmp_path / "brats" / "HGG" / "BraTS19_HGG_002" / "BraTS19_HGG_002_t2.nii.gz"))
+    with pytest.raises(BratsConversionError, match=f"BraTS19_HGG_002_t2.nii.gz.*{message}"):
+        convert_brats2019(str(tmp_path / "brats"), str(tmp_path / "raw"), 81, test_fraction=0.0)
+    assert os.listdir(tmp_path / "raw") == []  # neither the dataset nor its .partial folder
 
 
 def test_back_conversion_of_predictions_is_exact(tmp_path):

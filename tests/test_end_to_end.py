@@ -94,3 +94,43 @@ def test_demo_runs_the_whole_workflow(tmp_path):
     assert len(list((workdir / "results" / "overlays").glob("*.png"))) == 2
     train_log = (workdir / "logs" / "train.log").read_text()
     assert train_log.count("SSL: supervised loss") == 10  # every epoch logged, unbuffered, into the demo's log
+
+
+def test_killed_training_resumes_with_identical_state(workspace, tmp_path, monkeypatch):
+    """Kill nnUNetv2_train during epoch 1, then ``--c``: student, teacher, optimizer and ramp-up come back."""
+    import signal
+    from nnunetv2.run.run_training import maybe_load_checkpoint
+    from nnunet_workspace import make_trainer
+    results = str(tmp_path / "results")
+    command = [console_script("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "1", "-tr", "MemCifSemiTrainer_debug",
+               "-device", "cpu"]
+    env = dict(workspace.env, nnUNet_results=results, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    seen = []
+    for line in process.stdout:
+        seen.append(line)
+        if re.search(r"Epoch 1\s*$", line):  # epoch 0's checkpoint is written, epoch 1 has started
+            os.killpg(process.pid, signal.SIGKILL)  # with nnU-Net's data-augmentation workers
+            break
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "".join(seen[-30:])
+
+    workspace.set_environment(monkeypatch)
+    monkeypatch.setenv("nnUNet_results", results)
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    trainer = make_trainer("MemCifSemiTrainer_debug", fold=1)
+    maybe_load_checkpoint(trainer, True, False, None)  # what nnUNetv2_train --c does
+    saved = torch.load(os.path.join(trainer.output_folder, "checkpoint_best.pth"), weights_only=False)
+    for key, value in trainer.network.state_dict().items():
+        assert torch.equal(value, saved["network_weights"][key]), key
+    for key, value in trainer.teacher.module.state_dict().items():
+        assert torch.equal(value, saved["mem_cif_ssl"]["teacher_weights"][key]), key
+    for index, state in trainer.optimizer.state_dict()["state"].items():
+        for name, tensor in state.items():
+            assert torch.equal(tensor, saved["optimizer_state"]["state"][index][name]), (index, name)
+    assert trainer.current_epoch == 1 and trainer.ssl_step == 3  # ramp-up continues where epoch 0 ended
+
+    resumed = workspace.run(*(["nnUNetv2_train"] + command[1:] + ["--c"]), nnUNet_results=results)
+    epochs = SSL_LINE.findall(resumed.stdout)
+    assert len(epochs) == 1 and int(epochs[0][3]) == 3 and int(epochs[0][4]) == 6

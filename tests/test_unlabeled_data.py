@@ -124,3 +124,34 @@ def test_unlabeled_loader_batches(workspace, monkeypatch, tmp_path):
     # the weak view is zero outside the brain (nnU-Net's MaskImageTransform), like labeled training patches
     outside = (masks[0] < 0).expand_as(weak)
     assert torch.all(weak[outside] == 0)
+
+
+@pytest.mark.parametrize("value, message", [(np.nan, "NaN or infinite"), (0.0, "all zero")])
+def test_bad_unlabeled_image_fails_and_keeps_the_previous_result(workspace, monkeypatch, value, message):
+    """Preprocessing stops at the bad file; the unlabeled folder of the last good run stays as it was."""
+    import SimpleITK as sitk
+    from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
+    workspace.set_environment(monkeypatch)
+    raw = os.path.join(workspace.raw, DATASET_NAME, "imagesUnlabeled")
+    base = os.path.join(workspace.preprocessed, DATASET_NAME)
+    manifest_before = load_json(manifest_file(base, "nnUNetPlans_3d_fullres"))
+    bad_files = [os.path.join(raw, f"zz_bad_{c:04d}.nii.gz") for c in range(4)]
+    try:
+        for channel, path in enumerate(bad_files):
+            shutil.copyfile(os.path.join(raw, f"unl_000_{channel:04d}.nii.gz"), path)
+        image = sitk.ReadImage(bad_files[2])
+        array = sitk.GetArrayFromImage(image)
+        array[...] = 0.0 if value == 0.0 else array
+        array[0, 0, 0] = value
+        damaged = sitk.GetImageFromArray(array)
+        damaged.CopyInformation(image)
+        sitk.WriteImage(damaged, bad_files[2])
+        with pytest.raises(UnlabeledDataError, match=f"zz_bad_0002.nii.gz.*{message}"):
+            preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1)
+    finally:
+        for path in bad_files:
+            if os.path.exists(path):
+                os.remove(path)
+    assert load_json(manifest_file(base, "nnUNetPlans_3d_fullres")) == manifest_before
+    assert not os.path.exists(unlabeled_folder(base, "nnUNetPlans_3d_fullres") + ".partial")
+    load_unlabeled_dataset(base, plans_of(base), "3d_fullres")

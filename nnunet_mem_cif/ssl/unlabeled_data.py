@@ -27,6 +27,8 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
+from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
+
 RAW_UNLABELED_FOLDER = "imagesUnlabeled"
 MANIFEST_VERSION = 1
 
@@ -93,11 +95,25 @@ def find_unlabeled_cases(images_folder: str, file_ending: str, num_channels: int
     return {case: [files[c] for c in range(num_channels)] for case, files in channels.items()}
 
 
+def check_unlabeled_images(image_files: List[str]) -> None:
+    """NIfTI files checked as stored (finite, not all zero): either fault would silently poison the consistency
+    loss. Other formats are left to nnU-Net's reader."""
+    for path in image_files:
+        if path.endswith((".nii", ".nii.gz")):
+            try:
+                check_image_file(path)
+            except InvalidImageError as e:
+                raise UnlabeledDataError(f"{e} (in {RAW_UNLABELED_FOLDER})") from e
+
+
 def _preprocess_one(task) -> str:
     preprocessor, output_truncated, image_files, plans_manager, configuration_manager, dataset_json = task
     try:
+        check_unlabeled_images(image_files)
         preprocessor.run_case_save(output_truncated, image_files, None, plans_manager, configuration_manager,
                                    dataset_json)
+    except UnlabeledDataError:
+        raise
     except Exception as e:
         raise UnlabeledDataError(f"preprocessing unlabeled case {os.path.basename(output_truncated)} failed "
                                  f"({', '.join(image_files)}): {type(e).__name__}: {e}") from e
@@ -143,13 +159,17 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
     tasks = [(preprocessor, join(partial_folder, case), files, plans_manager, configuration_manager, dataset_json)
              for case, files in sorted(cases.items())]
     progress = dict(total=len(tasks), desc=f"Preprocessing unlabeled cases ({configuration})", unit="case")
-    if num_processes <= 1:
-        for task in tqdm(tasks, **progress):
-            _preprocess_one(task)
-    else:
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            for _ in tqdm(pool.imap_unordered(_preprocess_one, tasks), **progress):
-                pass
+    try:
+        if num_processes <= 1:
+            for task in tqdm(tasks, **progress):
+                _preprocess_one(task)
+        else:
+            with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+                for _ in tqdm(pool.imap_unordered(_preprocess_one, tasks), **progress):
+                    pass
+    except BaseException:
+        shutil.rmtree(partial_folder, ignore_errors=True)  # the previous result, if any, stays untouched
+        raise
 
     if isfile(manifest):
         os.remove(manifest)
