@@ -14,6 +14,7 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
 
@@ -24,7 +25,7 @@ NNUNET_TO_BRATS = {v: k for k, v in BRATS_TO_NNUNET.items()}
 SUBSETS = {"HGG": ("HGG",), "LGG": ("LGG",), "all": ("HGG", "LGG")}
 
 
-class BratsConversionError(ValueError):
+class BratsConversionError(PluginUserError, ValueError):
     """The BraTS folder or a file in it is not what the converter needs; the message names the file."""
 
 

@@ -7,6 +7,7 @@ import sys
 from typing import List, Optional
 
 from nnunet_mem_cif.discovery import ext_trainer_folder, ext_trainer_value
+from nnunet_mem_cif.errors import PluginUserError
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -143,12 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    from nnunet_mem_cif.brats import BratsConversionError
-    from nnunet_mem_cif.evaluation import EvaluationError
-    from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
     try:
         return args.func(args)
-    except (UnlabeledDataError, BratsConversionError, EvaluationError) as e:
+    except PluginUserError as e:
         print(f"nnunet-mem-cif: error: {e}", file=sys.stderr)
         return 2
 

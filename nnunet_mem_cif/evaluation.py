@@ -21,13 +21,15 @@ import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from scipy import ndimage
 
+from nnunet_mem_cif.errors import PluginUserError
+
 # nnU-Net's BraTS label convention (1 edema, 2 necrotic/non-enhancing core, 3 enhancing) and the original BraTS one
 REGIONS_NNUNET: Dict[str, Tuple[int, ...]] = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
 REGIONS_BRATS: Dict[str, Tuple[int, ...]] = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
 METRICS = ("dice", "sensitivity", "hd95")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(PluginUserError, ValueError):
     """A prediction or reference is missing or unreadable; the message names the file."""
 
 

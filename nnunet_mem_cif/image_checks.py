@@ -1,8 +1,10 @@
 """Checks of raw image files that nnU-Net's own readers would not report."""
 import numpy as np
 
+from nnunet_mem_cif.errors import PluginUserError
 
-class InvalidImageError(ValueError):
+
+class InvalidImageError(PluginUserError, ValueError):
     """An image file is corrupt, holds NaN / infinite values or is all zero; the message names the file."""
 
 

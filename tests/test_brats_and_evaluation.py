@@ -122,6 +122,14 @@ def test_converter_rejects_bad_images_and_leaves_nothing_behind(tmp_path, damage
     assert os.listdir(tmp_path / "raw") == []  # neither the dataset nor its .partial folder
 
 
+@pytest.mark.parametrize("name", ["../escape", "a/b", "..", ""])
+def test_dataset_name_cannot_escape_nnunet_raw(tmp_path, name):
+    make_brats_folder(str(tmp_path / "brats"), hgg=1, lgg=0)
+    with pytest.raises(BratsConversionError, match="plain folder name"):
+        convert_brats2019(str(tmp_path / "brats"), str(tmp_path / "raw" / "inner"), 82, name=name)
+    assert not (tmp_path / "raw").exists()
+
+
 def test_back_conversion_of_predictions_is_exact(tmp_path):
     os.makedirs(tmp_path / "pred")
     labels = np.random.default_rng(0).integers(0, 4, (5, 6, 7)).astype(np.uint8)

@@ -62,7 +62,8 @@ def test_training_without_preprocessed_unlabeled_data_fails_loudly(workspace, tm
                            "-device", "cpu", check=False, nnUNet_preprocessed=str(copy),
                            nnUNet_results=str(tmp_path / "results"))
     assert result.returncode != 0
-    assert "UnlabeledDataError" in result.stderr and "nnunet-mem-cif preprocess-unlabeled" in result.stderr
+    assert "nnunet-mem-cif: error:" in result.stderr and "nnunet-mem-cif preprocess-unlabeled" in result.stderr
+    assert "Traceback" not in result.stderr  # a user error, said in one line
     assert "Epoch 0" not in result.stdout  # it stopped before training, not after a silent fallback
 
 

@@ -8,6 +8,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
+from nnunet_mem_cif.trainers.semi_supervised import CheckpointError
 from nnunet_workspace import make_trainer
 
 
@@ -55,6 +56,35 @@ def test_resuming_from_a_checkpoint_without_ssl_state_fails_loudly(trainer_env, 
     nnUNetTrainer.save_checkpoint(trainer, path)  # what a supervised nnU-Net trainer writes
     with pytest.raises(RuntimeError, match="pretrained_weights"):
         make_trainer("MemCifSemiTrainer_debug").load_checkpoint(path)
+
+
+class _WritesAFileWhenUnpickled:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+@pytest.mark.parametrize("damage", ["tampered", "truncated"])
+def test_unsafe_or_broken_checkpoints_are_refused_before_nnunet_unpickles_them(trainer_env, tmp_path, damage):
+    trainer = make_trainer("MemCifSemiTrainer_debug")
+    trainer.initialize()
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    marker = tmp_path / "code_ran"
+    if damage == "tampered":
+        checkpoint = torch.load(path, weights_only=False)
+        checkpoint["logging"]["payload"] = _WritesAFileWhenUnpickled(str(marker))
+        torch.save(checkpoint, path)
+    else:
+        with open(path, "rb") as f:
+            content = f.read()
+        with open(path, "wb") as f:
+            f.write(content[: len(content) // 3])
+    with pytest.raises(CheckpointError, match="cannot be loaded safely"):
+        make_trainer("MemCifSemiTrainer_debug").load_checkpoint(path)
+    assert not marker.exists()
 
 
 def test_benchmark_mode_hides_labels_of_a_seeded_subset(trainer_env):

@@ -126,9 +126,24 @@ def test_unlabeled_loader_batches(workspace, monkeypatch, tmp_path):
     assert torch.all(weak[outside] == 0)
 
 
-@pytest.mark.parametrize("value, message", [(np.nan, "NaN or infinite"), (0.0, "all zero")])
-def test_bad_unlabeled_image_fails_and_keeps_the_previous_result(workspace, monkeypatch, value, message):
-    """Preprocessing stops at the bad file; the unlabeled folder of the last good run stays as it was."""
+def _nan_voxel(array):
+    array[0, 0, 0] = np.nan
+    return array
+
+
+def _all_zero(array):
+    return np.zeros_like(array)
+
+
+def _other_shape(array):
+    return array[:-2]
+
+
+@pytest.mark.parametrize("damage, message", [(_nan_voxel, "zz_bad_0002.nii.gz: contains NaN or infinite"),
+                                             (_all_zero, "zz_bad_0002.nii.gz: the image is all zero"),
+                                             (_other_shape, "unlabeled case zz_bad failed")])
+def test_bad_unlabeled_case_fails_and_keeps_the_previous_result(workspace, monkeypatch, damage, message):
+    """Preprocessing stops at the bad case; the unlabeled folder of the last good run stays as it was."""
     import SimpleITK as sitk
     from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
     workspace.set_environment(monkeypatch)
@@ -140,13 +155,10 @@ def test_bad_unlabeled_image_fails_and_keeps_the_previous_result(workspace, monk
         for channel, path in enumerate(bad_files):
             shutil.copyfile(os.path.join(raw, f"unl_000_{channel:04d}.nii.gz"), path)
         image = sitk.ReadImage(bad_files[2])
-        array = sitk.GetArrayFromImage(image)
-        array[...] = 0.0 if value == 0.0 else array
-        array[0, 0, 0] = value
-        damaged = sitk.GetImageFromArray(array)
-        damaged.CopyInformation(image)
+        damaged = sitk.GetImageFromArray(damage(sitk.GetArrayFromImage(image)))
+        damaged.SetSpacing(image.GetSpacing())
         sitk.WriteImage(damaged, bad_files[2])
-        with pytest.raises(UnlabeledDataError, match=f"zz_bad_0002.nii.gz.*{message}"):
+        with pytest.raises(UnlabeledDataError, match=message):
             preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1)
     finally:
         for path in bad_files:
@@ -155,3 +167,23 @@ def test_bad_unlabeled_image_fails_and_keeps_the_previous_result(workspace, monk
     assert load_json(manifest_file(base, "nnUNetPlans_3d_fullres")) == manifest_before
     assert not os.path.exists(unlabeled_folder(base, "nnUNetPlans_3d_fullres") + ".partial")
     load_unlabeled_dataset(base, plans_of(base), "3d_fullres")
+
+
+def test_preprocess_unlabeled_never_modifies_the_raw_images(workspace, monkeypatch):
+    import hashlib
+    from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
+    workspace.set_environment(monkeypatch)
+    raw = os.path.join(workspace.raw, DATASET_NAME, "imagesUnlabeled")
+
+    def digest():
+        h = hashlib.sha256()
+        for name in sorted(os.listdir(raw)):
+            h.update(name.encode())
+            with open(os.path.join(raw, name), "rb") as f:
+                h.update(f.read())
+        return h.hexdigest()
+
+    before = digest()
+    folder = preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1)
+    assert digest() == before
+    assert sorted(load_json(folder + ".json")["cases"]) == ["unl_000", "unl_001", "unl_002"]

@@ -2,6 +2,7 @@
 
 nnU-Net finds them through ``nnUNet_extTrainer`` (see ``nnunet-mem-cif env``).
 """
+from nnunet_mem_cif.errors import install_user_error_hook
 from nnunet_mem_cif.trainers.memcif_trainer import MemCifTrainer_noSSL
 from nnunet_mem_cif.trainers.semi_supervised import SemiSupervisedTrainer
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
@@ -9,7 +10,10 @@ from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSem
 from nnunet_mem_cif.trainers.labeled_fraction import MemCifSemiTrainer_10pct, MemCifSemiTrainer_1pct, \
     MemCifSemiTrainer_5pct
 from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_debug, MemCifSemiTrainer_demo
+from nnunet_mem_cif.trainers.baselines import SupervisedBaselineTrainer_demo
 
 __all__ = ["MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
            "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct", "MemCifSemiTrainer_debug",
-           "MemCifSemiTrainer_demo", "SemiSupervisedTrainer"]
+           "MemCifSemiTrainer_demo", "SemiSupervisedTrainer", "SupervisedBaselineTrainer_demo"]
+
+install_user_error_hook()  # nnUNetv2_train / _predict end with one line for this plugin's user errors

@@ -31,6 +31,7 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
@@ -43,6 +44,33 @@ from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledData
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
                           MaskImageTransform)
 SSL_CHECKPOINT_KEY = "mem_cif_ssl"
+# numpy types that nnU-Net's checkpoints hold (logged floats); everything else must be tensors or plain containers
+CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray.scalar, np.dtype] + [
+    getattr(np.dtypes, name) for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType",
+                                          "BoolDType") if hasattr(np.dtypes, name)]
+
+
+class CheckpointError(PluginUserError, RuntimeError):
+    """A checkpoint that cannot be resumed from; the message names the file and what to do."""
+
+
+def read_checkpoint(path, map_location) -> dict:
+    """``torch.load(weights_only=True)`` with nnU-Net's numpy scalars allow-listed, before nnU-Net unpickles it.
+
+    nnU-Net's own load_checkpoint uses ``weights_only=False``; reading the file safely first means a tampered file
+    (a pickle that would run code) or a truncated one stops here with a clear message, before nnU-Net touches it.
+    """
+    if not isinstance(path, str):
+        raise TypeError("pass the checkpoint's path: nnU-Net 2.8's load_checkpoint cannot take a loaded dict")
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} does not exist")
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+    except Exception as e:
+        raise CheckpointError(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+                              f"It is truncated, corrupt or holds objects a checkpoint should not hold. Delete it to "
+                              f"resume from an older checkpoint, or train again without --c.") from e
 
 
 class SemiSupervisedTrainer(nnUNetTrainer):
@@ -248,19 +276,18 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         super().save_checkpoint(filename)
         if self.local_rank != 0 or self.disable_checkpointing:
             return
-        checkpoint = torch.load(filename, map_location="cpu", weights_only=False, mmap=True)
+        checkpoint = read_checkpoint(filename, "cpu")
         checkpoint[SSL_CHECKPOINT_KEY] = self.ssl_state()
         torch.save(checkpoint, filename + ".partial")
         os.replace(filename + ".partial", filename)
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
-        checkpoint = torch.load(filename_or_checkpoint, map_location=self.device, weights_only=False, mmap=True)
-        state = checkpoint.get(SSL_CHECKPOINT_KEY)
+        state = read_checkpoint(filename_or_checkpoint, self.device).get(SSL_CHECKPOINT_KEY)
         if state is None:
-            raise RuntimeError(f"{filename_or_checkpoint} has no teacher / SSL state ('{SSL_CHECKPOINT_KEY}'): it "
-                               f"was not written by a semi-supervised trainer of this plugin. To start from a "
-                               f"supervised model, use nnUNetv2_train ... -pretrained_weights instead of --c.")
+            raise CheckpointError(f"{filename_or_checkpoint} has no teacher / SSL state ('{SSL_CHECKPOINT_KEY}'): "
+                                  f"it was not written by a semi-supervised trainer of this plugin. To start from a "
+                                  f"supervised model, use nnUNetv2_train ... -pretrained_weights instead of --c.")
+        super().load_checkpoint(filename_or_checkpoint)
         self.teacher.module.load_state_dict(state["teacher_weights"])
         self.ssl_step = state["ssl_step"]
         self.unlabeled_batches_seen = state["unlabeled_batches_seen"]

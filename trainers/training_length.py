@@ -18,11 +18,12 @@ class MemCifSemiTrainer_debug(MemCifSemiTrainer):
 class MemCifSemiTrainer_demo(MemCifSemiTrainer):
     """The schedule of ``nnunet-mem-cif demo``: sized to finish within minutes on 2 CPU cores."""
     EPOCHS = 10
+    ITERATIONS = 10
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_epochs = self.EPOCHS
-        self.num_iterations_per_epoch = 10
+        self.num_iterations_per_epoch = self.ITERATIONS
         self.num_val_iterations_per_epoch = 2
         self.save_every = 5

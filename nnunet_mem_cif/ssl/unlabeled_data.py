@@ -27,13 +27,14 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
+from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
 
 RAW_UNLABELED_FOLDER = "imagesUnlabeled"
 MANIFEST_VERSION = 1
 
 
-class UnlabeledDataError(RuntimeError):
+class UnlabeledDataError(PluginUserError, RuntimeError):
     """Unlabeled data is configured but missing, incomplete or inconsistent with the plans."""
 
 
