@@ -17,7 +17,7 @@ import subprocess
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mem_cif.demo import DEMO_DATASET_ID, DEMO_TRAINER, _environment
+from nnunet_mem_cif.demo import DEMO_DATASET, DEMO_DATASET_ID, DEMO_TRAINER, nnunet_environment
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import evaluate_folders
 
@@ -40,17 +40,32 @@ def zero_filled_copy(images: str, target: str, channel: int) -> None:
             shutil.copyfile(source, os.path.join(target, name))
 
 
+def format_table(rows: dict, num_cases: int) -> str:
+    """Markdown: mean Dice per region, and the drop against all modalities for each missing one."""
+    lines = [f"test cases: {num_cases}, mean Dice (drop vs. all modalities)", "",
+             "| trainer | missing modality | whole tumor | tumor core | enhancing tumor | mean |",
+             "|---|---|---|---|---|---|"]
+    for (trainer, missing), means in rows.items():
+        full = rows[(trainer, "none")]
+        cells = []
+        for region in ("whole_tumor", "tumor_core", "enhancing_tumor", "mean"):
+            drop = "" if missing == "none" else f" ({means[region]['dice'] - full[region]['dice']:+.3f})"
+            cells.append(f"{means[region]['dice']:.3f}{drop}")
+        lines.append(f"| {trainer} | {missing} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="mem_cif_demo")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     workdir = os.path.abspath(args.workdir)
-    env = _environment(workdir, args.device)
-    dataset = os.path.join(env["nnUNet_raw"], "Dataset990_PhantomBraTS")
+    env = nnunet_environment(workdir, args.device)
+    dataset = os.path.join(env["nnUNet_raw"], DEMO_DATASET)
     if not os.path.isdir(dataset):
         raise SystemExit(f"{dataset} not found: run 'nnunet-mem-cif demo --workdir {args.workdir}' first")
-    baseline_folder = os.path.join(env["nnUNet_results"], "Dataset990_PhantomBraTS",
+    baseline_folder = os.path.join(env["nnUNet_results"], DEMO_DATASET,
                                    f"{BASELINE}__nnUNetPlans__3d_fullres", "fold_all")
     if not os.path.isfile(os.path.join(baseline_folder, "checkpoint_final.pth")):
         print(f"training {BASELINE} (nnU-Net's trainer, same labeled cases and schedule) ...", flush=True)
@@ -75,15 +90,7 @@ def main() -> None:
                            stderr=subprocess.DEVNULL)
             rows[(trainer, missing)] = evaluate_folders(output, os.path.join(dataset, "labelsTs"))["mean"]
 
-    lines = [f"test cases: {len(os.listdir(os.path.join(dataset, 'labelsTs')))}, mean Dice (drop vs. all modalities)",
-             "", "| trainer | missing modality | whole tumor | tumor core | enhancing tumor | mean |",
-             "|---|---|---|---|---|---|"]
-    for (trainer, missing), means in rows.items():
-        full = rows[(trainer, "none")]
-        cells = [f"{means[r]['dice']:.3f}" + ("" if missing == "none" else f" ({means[r]['dice'] - full[r]['dice']:+.3f})")
-                 for r in ("whole_tumor", "tumor_core", "enhancing_tumor", "mean")]
-        lines.append(f"| {trainer} | {missing} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    table = format_table(rows, len(os.listdir(os.path.join(dataset, "labelsTs"))))
     print(table)
     with open(os.path.join(scratch, "missing_modality.md"), "w") as f:
         f.write(table + "\n")

@@ -21,9 +21,11 @@ from nnunet_mem_cif.discovery import console_script, ext_trainer_value
 DEMO_TRAINER = "MemCifSemiTrainer_demo"
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "PhantomBraTS"
+DEMO_DATASET = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
 
 
-def _environment(workdir: str, device: str) -> Dict[str, str]:
+def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
+    """nnU-Net's folders inside ``workdir``, this plugin's trainers findable, CPU-friendly worker counts."""
     env = dict(os.environ)
     env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
                nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
@@ -74,9 +76,9 @@ def save_overlays(images_folder: str, labels_folder: str, predictions_folder: st
         prediction = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(predictions_folder, name)))
         z = int(np.argmax((reference > 0).sum((1, 2))))
         fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
-        for ax, (title, image) in zip(axes, [("FLAIR", flair[z]),
-                                             ("reference", generate_overlay(flair[z], reference[z], mapping)),
-                                             ("MemCifSemiTrainer", generate_overlay(flair[z], prediction[z], mapping))]):
+        panels = [("FLAIR", flair[z]), ("reference", generate_overlay(flair[z], reference[z], mapping)),
+                  ("MemCifSemiTrainer", generate_overlay(flair[z], prediction[z], mapping))]
+        for ax, (title, image) in zip(axes, panels):
             ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
             ax.set_title(title)
             ax.axis("off")
@@ -103,7 +105,7 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     logs, results = os.path.join(workdir, "logs"), os.path.join(workdir, "results")
     for folder in (logs, results):
         os.makedirs(folder, exist_ok=True)
-    env = _environment(workdir, device)
+    env = nnunet_environment(workdir, device)
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     print(f"nnunet-mem-cif demo in {workdir} on {device}")
 

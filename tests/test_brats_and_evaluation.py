@@ -130,6 +130,15 @@ def test_dataset_name_cannot_escape_nnunet_raw(tmp_path, name):
     assert not (tmp_path / "raw").exists()
 
 
+def test_converter_rejects_labels_outside_brats_values(tmp_path):
+    make_brats_folder(str(tmp_path / "brats"), hgg=2, lgg=0)
+    seg = str(tmp_path / "brats" / "HGG" / "BraTS19_HGG_001" / "BraTS19_HGG_001_seg.nii.gz")
+    write_image(np.full((6, 7, 8), 3, np.uint8), seg)  # BraTS 2019 has no label 3
+    with pytest.raises(BratsConversionError, match=r"BraTS19_HGG_001_seg.nii.gz: label values \[3\]"):
+        convert_brats2019(str(tmp_path / "brats"), str(tmp_path / "raw"), 83, test_fraction=0.0)
+    assert os.listdir(tmp_path / "raw") == []
+
+
 def test_back_conversion_of_predictions_is_exact(tmp_path):
     os.makedirs(tmp_path / "pred")
     labels = np.random.default_rng(0).integers(0, 4, (5, 6, 7)).astype(np.uint8)

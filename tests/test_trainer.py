@@ -126,3 +126,33 @@ def test_missing_unlabeled_data_stops_before_training(trainer_env, monkeypatch, 
     with pytest.raises(UnlabeledDataError, match="preprocess-unlabeled"):
         trainer.get_dataloaders()
     assert trainer.dataloader_train is None
+
+
+def test_demo_method_and_its_nnunet_baseline_share_one_schedule(trainer_env):
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet
+    method, baseline = make_trainer("MemCifSemiTrainer_demo"), make_trainer("SupervisedBaselineTrainer_demo")
+    for attribute in ("num_epochs", "num_iterations_per_epoch", "num_val_iterations_per_epoch"):
+        assert getattr(method, attribute) == getattr(baseline, attribute)
+    network = baseline.build_network_architecture(baseline.plans_manager, baseline.configuration_manager, 4, 3)
+    assert type(network) is PlainConvUNet  # nnU-Net's own network, untouched
+
+
+@pytest.mark.parametrize("name, network_class, perturbation", [
+    ("MemCifSemiTrainer_debug", "MemCifUNet", "CrossModalPerturbation"),
+    ("MeanTeacherTrainer", "PlainConvUNet", "GaussianInputNoise")])
+def test_one_semi_supervised_training_step(trainer_env, name, network_class, perturbation):
+    """One real step in-process: both loss terms, the teacher moves towards the student, the step is counted."""
+    trainer = make_trainer(name)
+    trainer.on_train_start()
+    try:
+        assert type(trainer.network).__name__ == network_class
+        assert type(trainer.get_strong_perturbation()).__name__ == perturbation
+        teacher_before = [p.clone() for p in trainer.teacher.module.parameters()]
+        trainer.on_train_epoch_start()
+        result = trainer.train_step(next(trainer.dataloader_train))
+        assert result["sup_loss"] > 0 and result["cons_loss"] >= 0 and 0 < result["cons_weight"] <= 1
+        assert trainer.ssl_step == 1 and trainer.unlabeled_batches_seen == 1
+        moved = [not torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.module.parameters())]
+        assert any(moved)
+    finally:
+        trainer.on_train_end()

@@ -9,11 +9,12 @@ from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
 from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSemiTrainer_noMEM
 from nnunet_mem_cif.trainers.labeled_fraction import MemCifSemiTrainer_10pct, MemCifSemiTrainer_1pct, \
     MemCifSemiTrainer_5pct
-from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_debug, MemCifSemiTrainer_demo
-from nnunet_mem_cif.trainers.baselines import SupervisedBaselineTrainer_demo
+from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
+from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_debug, MemCifSemiTrainer_demo, \
+    SupervisedBaselineTrainer_demo
 
 __all__ = ["MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
            "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct", "MemCifSemiTrainer_debug",
-           "MemCifSemiTrainer_demo", "SemiSupervisedTrainer", "SupervisedBaselineTrainer_demo"]
+           "MemCifSemiTrainer_demo", "SemiSupervisedTrainer", "SupervisedBaselineTrainer_demo", "MeanTeacherTrainer"]
 
 install_user_error_hook()  # nnUNetv2_train / _predict end with one line for this plugin's user errors

@@ -1,17 +1,12 @@
-"""Reference trainers that are nnU-Net's own, only on this plugin's short schedules (for side-by-side runs)."""
-import torch
-from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-
-from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_demo
+"""Semi-supervised baselines of the paper's table (DESIGN §4), on the same SSL machinery as the method."""
+from nnunet_mem_cif.ssl.perturbation import GaussianInputNoise
+from nnunet_mem_cif.trainers.semi_supervised import SemiSupervisedTrainer
 
 
-class SupervisedBaselineTrainer_demo(nnUNetTrainer):
-    """nnU-Net's trainer and PlainConvUNet, labeled cases only, on MemCifSemiTrainer_demo's schedule."""
+class MeanTeacherTrainer(SemiSupervisedTrainer):
+    """Mean Teacher as users know it from SSL4MIS: nnU-Net's PlainConvUNet, EMA teacher, MSE consistency, the
+    student's view perturbed by clipped Gaussian noise (no cross-modal perturbation). Teacher, ramp-up, loss
+    masking and schedule are those of MemCifSemiTrainer, so that the two differ only in network and perturbation."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = MemCifSemiTrainer_demo.EPOCHS
-        self.num_iterations_per_epoch = MemCifSemiTrainer_demo.ITERATIONS
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 5
+    def get_strong_perturbation(self):
+        return GaussianInputNoise()

@@ -1,7 +1,23 @@
-"""Short schedules on the same code path as the real trainer (as nnU-Net's ``variants/training_length``)."""
+"""Short schedules on the same code path as the real trainers (as nnU-Net's ``variants/training_length``)."""
 import torch
+from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
+
+
+class DemoSchedule:
+    """Mixin: the schedule of ``nnunet-mem-cif demo``, sized to finish within minutes on 2 CPU cores. One place, so
+    that the method and its nnU-Net baseline always train equally long."""
+    EPOCHS = 10
+    ITERATIONS = 10
+
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):
+        super().__init__(plans, configuration, fold, dataset_json, device)
+        self.num_epochs = self.EPOCHS
+        self.num_iterations_per_epoch = self.ITERATIONS
+        self.num_val_iterations_per_epoch = 2
+        self.save_every = 5
 
 
 class MemCifSemiTrainer_debug(MemCifSemiTrainer):
@@ -15,15 +31,9 @@ class MemCifSemiTrainer_debug(MemCifSemiTrainer):
         self.num_val_iterations_per_epoch = 2
 
 
-class MemCifSemiTrainer_demo(MemCifSemiTrainer):
-    """The schedule of ``nnunet-mem-cif demo``: sized to finish within minutes on 2 CPU cores."""
-    EPOCHS = 10
-    ITERATIONS = 10
+class MemCifSemiTrainer_demo(DemoSchedule, MemCifSemiTrainer):
+    """MemCifSemiTrainer on the demo's schedule."""
 
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.num_epochs = self.EPOCHS
-        self.num_iterations_per_epoch = self.ITERATIONS
-        self.num_val_iterations_per_epoch = 2
-        self.save_every = 5
+
+class SupervisedBaselineTrainer_demo(DemoSchedule, nnUNetTrainer):
+    """nnU-Net's own trainer and PlainConvUNet, labeled cases only, on the demo's schedule (side-by-side runs)."""

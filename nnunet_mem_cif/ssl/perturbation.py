@@ -79,3 +79,17 @@ class WeakStrongViews(ImageOnlyTransform):
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
         strong = self.strong_transform(image=img.clone())["image"]
         return torch.cat((img, strong), dim=0)
+
+
+class GaussianInputNoise(ImageOnlyTransform):
+    """The standard mean-teacher perturbation (as in SSL4MIS): ``clip(N(0, sigma^2), -clip, clip)`` added to every
+    voxel of every modality. No modality-specific change: the baseline that cross-modal perturbation is tested
+    against."""
+
+    def __init__(self, sigma: float = 0.1, clip: float = 0.2):
+        super().__init__()
+        self.sigma = sigma
+        self.clip = clip
+
+    def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
+        return img + torch.clamp(torch.randn_like(img) * self.sigma, -self.clip, self.clip)
