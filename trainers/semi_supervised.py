@@ -45,7 +45,8 @@ SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3
                           MaskImageTransform)
 SSL_CHECKPOINT_KEY = "mem_cif_ssl"
 # numpy types that nnU-Net's checkpoints hold (logged floats); everything else must be tensors or plain containers
-CHECKPOINT_SAFE_GLOBALS = [np._core.multiarray.scalar, np.dtype] + [
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed np.core to np._core
+CHECKPOINT_SAFE_GLOBALS = [_NUMPY_CORE.multiarray.scalar, np.dtype] + [
     getattr(np.dtypes, name) for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType",
                                           "BoolDType") if hasattr(np.dtypes, name)]
 
