@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from dynamic_network_architectures.architectures.abstract_arch import AbstractDynamicNetworkArchitectures
 from dynamic_network_architectures.building_blocks.helper import convert_conv_op_to_dim, maybe_convert_scalar_to_list
-from dynamic_network_architectures.building_blocks.simple_conv_blocks import ConvDropoutNormReLU, StackedConvBlocks
+from dynamic_network_architectures.building_blocks.simple_conv_blocks import StackedConvBlocks
 from dynamic_network_architectures.building_blocks.unet_decoder import UNetDecoder
 from dynamic_network_architectures.initialization.weight_init import InitWeights_He
 from torch import nn
@@ -30,8 +30,10 @@ class MemCifEncoder(nn.Module):
     """M modality streams (one grouped convolution per layer), MEM and CIF at every stage, fused skips.
 
     Stream m of stage s has ``round(features_per_stage[s] * stream_width)`` channels and sees only modality m until
-    CIF lets the streams exchange information. The skip handed to the decoder is a 1x1 conv-norm-nonlin of the
-    concatenated streams back to the plans' width, so ``output_channels``, ``strides``, ``conv_op`` ... are exactly
+    CIF lets the streams exchange information. The skip handed to the decoder is a 1x1 convolution of the
+    concatenated streams back to the plans' width (DESIGN §2; no norm / nonlinearity: the decoder's first
+    conv-norm-nonlin follows right after the concatenation, and two fewer full-size tensors are kept for the
+    backward pass), so ``output_channels``, ``strides``, ``conv_op`` ... are exactly
     those of nnU-Net's PlainConvEncoder and dynamic_network_architectures' UNetDecoder can be used unchanged.
     """
 
@@ -66,8 +68,7 @@ class MemCifEncoder(nn.Module):
                 mems.append(ModalitySpecificEnhancement(conv_op, m, c, mem_reduction))
             if use_cif and m > 1:
                 cifs.append(ComplementaryInformationFusion(m, c))
-            fusions.append(ConvDropoutNormReLU(conv_op, m * c, features_per_stage[s], 1, 1, conv_bias, norm_op,
-                                               norm_op_kwargs, None, None, nonlin, nonlin_kwargs, nonlin_first))
+            fusions.append(conv_op(m * c, features_per_stage[s], 1, bias=conv_bias))
             in_per_modality = c
         self.stages = nn.ModuleList(stages)
         self.mem = nn.ModuleList(mems) if use_mem else None
@@ -91,9 +92,11 @@ class MemCifEncoder(nn.Module):
         skips = []
         for s, stage in enumerate(self.stages):
             x = stage(x)
-            if self.mem is not None:
+            if self.mem is not None and self.cif is not None:
+                x = self.cif[s](x, channel_scale=self.mem[s].attention(x))  # = cif(mem(x)), less memory
+            elif self.mem is not None:
                 x = self.mem[s](x)
-            if self.cif is not None:
+            elif self.cif is not None:
                 x = self.cif[s](x)
             skips.append(self.fusion[s](x))
         return skips
@@ -104,7 +107,7 @@ class MemCifEncoder(nn.Module):
         for s, stage in enumerate(self.stages):
             output += stage.compute_conv_feature_map_size(input_size)
             input_size = [i // j for i, j in zip(input_size, self.strides[s])]
-            output += self.fusion[s].compute_conv_feature_map_size(input_size)
+            output += np.prod([self.output_channels[s], *input_size], dtype=np.int64)  # fused skip
         return output
 
 

@@ -1,4 +1,5 @@
-"""MemCifUNet vs nnU-Net's PlainConvUNet, built from the same plans kwargs: parameters and forward+backward time.
+"""MemCifUNet vs nnU-Net's PlainConvUNet, built from the same plans kwargs: parameters, forward+backward time and
+peak memory (CUDA: torch's allocator; CPU: resident set of a fresh process per network).
 
 Prints a markdown table. Runs are interleaved (plain, memcif, plain, ...) and the median is reported, because a
 shared 2-core machine is noisy; compare the ratios, not the seconds.
@@ -8,13 +9,13 @@ shared 2-core machine is noisy; compare the ratios, not the seconds.
 """
 import argparse
 import statistics
-import time
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_mem_cif.architectures import MemCifUNet
+from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, timed
 
 
 def brats_like_kwargs(num_modalities: int, num_classes: int) -> dict:
@@ -26,16 +27,29 @@ def brats_like_kwargs(num_modalities: int, num_classes: int) -> dict:
                 dropout_op_kwargs=None, nonlin=nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=True)
 
 
-def forward_backward_seconds(network: nn.Module, batch: torch.Tensor) -> float:
-    if batch.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
+VARIANTS = {
+    "PlainConvUNet (nnU-Net)": lambda kwargs: PlainConvUNet(**kwargs),
+    "MemCifUNet": lambda kwargs: MemCifUNet(**kwargs),
+    "MemCifUNet use_mem=False": lambda kwargs: MemCifUNet(**kwargs, use_mem=False),
+    "MemCifUNet use_cif=False": lambda kwargs: MemCifUNet(**kwargs, use_cif=False),
+}
+
+
+def forward_backward(network: nn.Module, batch: torch.Tensor) -> None:
     outputs = network(batch)
     sum(o.float().square().mean() for o in outputs).backward()
     network.zero_grad(set_to_none=True)
-    if batch.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+
+
+def peak_memory_mib(name: str, num_modalities: int, batch_size: int, patch, device_name: str) -> float:
+    """First forward+backward of a freshly built network (run in a fresh process: see PeakMemory)."""
+    torch.manual_seed(0)
+    device = torch.device(device_name)
+    network = VARIANTS[name](brats_like_kwargs(num_modalities, 3)).to(device)
+    batch = torch.randn(batch_size, num_modalities, *patch, device=device)
+    with PeakMemory(device) as peak:
+        forward_backward(network, batch)
+    return peak.mib
 
 
 def main() -> None:
@@ -49,44 +63,32 @@ def main() -> None:
 
     torch.manual_seed(0)
     kwargs = brats_like_kwargs(args.modalities, 3)
-    networks = {
-        "PlainConvUNet (nnU-Net)": PlainConvUNet(**kwargs),
-        "MemCifUNet": MemCifUNet(**kwargs),
-        "MemCifUNet use_mem=False": MemCifUNet(**kwargs, use_mem=False),
-        "MemCifUNet use_cif=False": MemCifUNet(**kwargs, use_cif=False),
-    }
     device = torch.device(args.device)
+    networks = {name: build(kwargs).to(device) for name, build in VARIANTS.items()}
     batch = torch.randn(args.batch, args.modalities, *args.patch, device=device)
+    peak_memory = {name: in_fresh_process(peak_memory_mib, name, args.modalities, args.batch, args.patch,
+                                          args.device) for name in networks}
     times = {name: [] for name in networks}
-    peak_memory = {}
     for name, network in networks.items():
-        network.to(device)
-        forward_backward_seconds(network, batch)  # warm-up (allocator, oneDNN/cuDNN kernel choice)
+        forward_backward(network, batch)  # warm-up (allocator, oneDNN/cuDNN kernel choice)
     for _ in range(args.repeats):
         for name, network in networks.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            times[name].append(forward_backward_seconds(network, batch))
-            if device.type == "cuda":
-                peak_memory[name] = torch.cuda.max_memory_allocated() / 2 ** 30
+            times[name].append(timed(lambda: forward_backward(network, batch), device))
 
     base_name = "PlainConvUNet (nnU-Net)"
     base_params = sum(p.numel() for p in networks[base_name].parameters())
     base_time = statistics.median(times[base_name])
     print(f"device {device}, batch {args.batch} x {args.modalities} modalities x {tuple(args.patch)}, "
           f"median of {args.repeats} interleaved runs, torch {torch.__version__}, threads {torch.get_num_threads()}")
-    header = "| network | parameters | param ratio | fwd+bwd [s] | time ratio |"
-    if peak_memory:
-        header += " peak CUDA memory [GiB] | memory ratio |"
-    print(header)
-    print("|" + "---|" * (header.count("|") - 1))
+    memory_kind = "CUDA allocator" if device.type == "cuda" else "resident set"
+    print(f"| network | parameters | param ratio | fwd+bwd [s] | time ratio | peak memory ({memory_kind}) [MiB] | "
+          f"memory ratio |")
+    print("|---|---|---|---|---|---|---|")
     for name, network in networks.items():
         params = sum(p.numel() for p in network.parameters())
         seconds = statistics.median(times[name])
-        row = f"| {name} | {params / 1e6:.2f} M | {params / base_params:.2f} | {seconds:.2f} | {seconds / base_time:.2f} |"
-        if peak_memory:
-            row += f" {peak_memory[name]:.2f} | {peak_memory[name] / peak_memory[base_name]:.2f} |"
-        print(row)
+        print(f"| {name} | {params / 1e6:.2f} M | {params / base_params:.2f} | {seconds:.2f} | "
+              f"{seconds / base_time:.2f} | {peak_memory[name]:.0f} | {peak_memory[name] / peak_memory[base_name]:.2f} |")
 
 
 if __name__ == "__main__":

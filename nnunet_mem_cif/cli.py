@@ -72,6 +72,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.benchmark import command_line, run_benchmark, write_report
+    if args.report_only:
+        for path in write_report(args.output_dir):
+            print(f"wrote {path}")
+        return 0
+    import torch
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
+    run_benchmark(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
+                  args.seeds, device, args.fold, command_line())
+    print(f"table: {os.path.join(os.path.abspath(args.output_dir), 'results.md')} (.csv, .png beside it)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nnunet-mem-cif", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +156,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_cmd_demo)
+
+    from nnunet_mem_cif.benchmark import METHODS
+    bench = sub.add_parser("benchmark", help="the paper's table: methods x labeled fractions, one command",
+                           description="Trains every method at every labeled fraction (and seed) on the same fold of "
+                                       "a fully labeled, planned and preprocessed dataset through nnUNetv2_train, "
+                                       "predicts imagesTs, evaluates against labelsTs and writes results.md/.csv/.png "
+                                       "to OUTPUT_DIR. Finished runs are skipped, interrupted ones resumed. Methods: "
+                                       + ", ".join(f"{k} ({v[0]})" for k, v in METHODS.items()) + ".")
+    bench.add_argument("--dataset-id", type=int, required=True)
+    bench.add_argument("--output-dir", default="mem_cif_benchmark")
+    bench.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10])
+    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    bench.add_argument("--epochs", type=int, default=1000, help="default 1000 (nnU-Net's)")
+    bench.add_argument("--iterations", type=int, default=250, help="per epoch; default 250 (nnU-Net's)")
+    bench.add_argument("--seeds", type=int, nargs="+", default=[0])
+    bench.add_argument("--fold", type=int, default=0)
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--report-only", action="store_true", help="only rewrite results.* from finished runs")
+    bench.set_defaults(func=_cmd_benchmark)
     return parser
 
 

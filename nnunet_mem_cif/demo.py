@@ -9,7 +9,7 @@ import re
 import shutil
 import subprocess
 import time
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -91,12 +91,42 @@ def save_overlays(images_folder: str, labels_folder: str, predictions_folder: st
     return written
 
 
-def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fraction: float = 0.1,
-             test_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> dict:
+def prepare_phantom_dataset(workdir: str, dataset_id: int, dataset_name: str, num_cases: int, spacing: float,
+                            labeled_fraction: Optional[float], test_fraction: float, seed: int, env: Dict[str, str],
+                            step_names: Sequence[str] = ("[1/4]", "[2/4]", "[3/4]", "[4/4]")) -> str:
+    """Phantom cases -> BraTS conversion -> nnUNetv2_plan_and_preprocess (3d_fullres) -> preprocess-unlabeled.
+
+    Everything inside ``workdir`` (nnU-Net's folders from ``env``, as ``nnunet_environment`` makes them); returns the
+    raw dataset folder. ``labeled_fraction=None`` keeps every training case labeled (no unlabeled folder).
+    """
     from nnunet_mem_cif.brats import convert_brats2019
-    from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
     from nnunet_mem_cif.phantom import make_phantom
     from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
+    logs = os.path.join(workdir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    print(f"{step_names[0]} phantom cases (MNI152 anatomy from nilearn, synthetic tumors)")
+    phantom = os.path.join(workdir, "brats2019_phantom")
+    shutil.rmtree(phantom, ignore_errors=True)
+    make_phantom(phantom, num_cases, seed=seed, spacing=spacing)
+
+    labeled = "all" if labeled_fraction is None else f"{labeled_fraction:.0%} of the"
+    print(f"{step_names[1]} BraTS 2019 layout -> nnU-Net dataset ({labeled} training cases labeled)")
+    dataset = convert_brats2019(phantom, env["nnUNet_raw"], dataset_id, dataset_name, test_fraction=test_fraction,
+                                labeled_fraction=labeled_fraction, seed=seed, overwrite=True)
+    shutil.rmtree(os.path.join(env["nnUNet_preprocessed"], os.path.basename(dataset)), ignore_errors=True)
+
+    run_step(f"{step_names[2]} nnUNetv2_plan_and_preprocess", [console_script("nnUNetv2_plan_and_preprocess"), "-d",
+             str(dataset_id), "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env,
+             os.path.join(logs, "plan_and_preprocess.log"))
+    if labeled_fraction is not None:
+        print(f"{step_names[3]} nnunet-mem-cif preprocess-unlabeled")
+        preprocess_unlabeled(dataset_id, "3d_fullres", num_processes=1)
+    return dataset
+
+
+def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fraction: float = 0.1,
+             test_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> dict:
+    from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
     from nnunet_mem_cif.trainers import MemCifSemiTrainer_demo
 
     start = time.time()
@@ -109,23 +139,10 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     print(f"nnunet-mem-cif demo in {workdir} on {device}")
 
-    print("[1/7] phantom cases (MNI152 anatomy from nilearn, synthetic tumors)")
-    phantom = os.path.join(workdir, "brats2019_phantom")
-    shutil.rmtree(phantom, ignore_errors=True)
-    make_phantom(phantom, num_cases, seed=seed, spacing=spacing)
-
-    print(f"[2/7] BraTS 2019 layout -> nnU-Net dataset ({labeled_fraction:.0%} of the training cases labeled)")
-    dataset = convert_brats2019(phantom, env["nnUNet_raw"], DEMO_DATASET_ID, DEMO_DATASET_NAME,
-                                test_fraction=test_fraction, labeled_fraction=labeled_fraction, seed=seed,
-                                overwrite=True)
+    steps = [f"[{i}/7]" for i in range(1, 5)]
+    dataset = prepare_phantom_dataset(workdir, DEMO_DATASET_ID, DEMO_DATASET_NAME, num_cases, spacing,
+                                      labeled_fraction, test_fraction, seed, env, step_names=steps)
     dataset_name = os.path.basename(dataset)
-    shutil.rmtree(os.path.join(env["nnUNet_preprocessed"], dataset_name), ignore_errors=True)
-
-    run_step("[3/7] nnUNetv2_plan_and_preprocess", [console_script("nnUNetv2_plan_and_preprocess"), "-d",
-             str(DEMO_DATASET_ID), "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env,
-             os.path.join(logs, "plan_and_preprocess.log"))
-    print("[4/7] nnunet-mem-cif preprocess-unlabeled")
-    preprocess_unlabeled(DEMO_DATASET_ID, "3d_fullres", num_processes=1)
 
     # fewer than 5 labeled cases: nnU-Net's 5-fold split is impossible, so train on all labeled cases
     run_step(f"[5/7] nnUNetv2_train {DEMO_TRAINER}", [console_script("nnUNetv2_train"), str(DEMO_DATASET_ID),

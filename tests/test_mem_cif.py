@@ -78,6 +78,27 @@ def test_cif_matches_the_per_modality_formula(shape):
     torch.testing.assert_close(cif(x), reference_cif(cif, x), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("with_mem_scale", [False, True])
+def test_cif_gradients_match_autograd_of_the_per_modality_formula(with_mem_scale):
+    """CIF's backward recomputes MEM's scaling, the gate and the mixture instead of storing them: still exact."""
+    torch.manual_seed(0)
+    cif = ComplementaryInformationFusion(num_modalities=3, channels_per_modality=4).double()
+    with torch.no_grad():
+        cif.mixing_logits.normal_()
+        cif.gate_bias.normal_()
+    x = torch.randn(2, 12, 3, 4, 5, dtype=torch.double, requires_grad=True)
+    scale = torch.rand(2, 12, 1, 1, 1, dtype=torch.double, requires_grad=True) if with_mem_scale else None
+    weights = torch.randn_like(x)
+    inputs = [x] + ([scale] if with_mem_scale else []) + list(cif.parameters())
+    ours = cif(x, channel_scale=scale)
+    reference = reference_cif(cif, x * scale if with_mem_scale else x)
+    torch.testing.assert_close(ours, reference)
+    for a, b in zip(torch.autograd.grad((ours * weights).sum(), inputs),
+                    torch.autograd.grad((reference * weights).sum(), inputs)):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda t, s: cif(t, channel_scale=s), (x, scale))
+
+
 def test_cif_mixing_excludes_self_and_sums_to_one():
     cif = ComplementaryInformationFusion(4, 2)
     with torch.no_grad():

@@ -7,6 +7,7 @@ import torch
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from torch import nn
 
+from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
@@ -72,24 +73,45 @@ def test_consistency_value_and_gradient_flow():
     assert student.grad.abs().sum() > 0 and teacher.grad is None
 
 
-def test_semi_supervised_loss_splits_the_batch():
-    supervised = DeepSupervisionWrapper(lambda out, tgt: (out - tgt).abs().mean(), (1.0, 0.5))
-    consistency = DeepSupervisionWrapper(MaskedProbabilityMSE(True), (1.0, 0.5))
-    loss = SemiSupervisedLoss(supervised, consistency)
-    output = [torch.randn(5, 3, 8, 8), torch.randn(5, 3, 4, 4)]
-    target = [torch.zeros(2, 3, 8, 8), torch.zeros(2, 3, 4, 4)]
-    labeled_only = [o[:2] for o in output]
-    torch.testing.assert_close(loss(labeled_only, target), supervised(labeled_only, target))  # validation path
-    teacher = [o[2:].clone() for o in output]
-    masks = [torch.ones(3, 8, 8, dtype=torch.bool), torch.ones(3, 4, 4, dtype=torch.bool)]
-    loss.prepare_unlabeled(2, teacher, masks, weight=0.5)
-    total = loss(output, target)
-    expected_supervised = supervised([o[:2] for o in output], target)
-    torch.testing.assert_close(loss.last_supervised, expected_supervised)
-    assert loss.last_consistency == 0  # teacher == student on the unlabeled part
-    torch.testing.assert_close(total, expected_supervised)
-    # the preparation is used once: the next call is supervised-only again
+def test_two_pass_semi_supervised_step_equals_one_pass_over_the_joint_batch():
+    """Consistency gradients computed ahead and put into .grad by the loss, as in the trainer's step, give the
+    gradients and the loss value of one student pass over cat(labeled, unlabeled) (instance norm: no batch stats)."""
+    torch.manual_seed(0)
+    kwargs = dict(input_channels=2, n_stages=3, features_per_stage=[4, 8, 8], conv_op=nn.Conv2d, kernel_sizes=3,
+                  strides=[1, 2, 2], n_conv_per_stage=1, num_classes=3, n_conv_per_stage_decoder=1, conv_bias=True,
+                  norm_op=nn.InstanceNorm2d, norm_op_kwargs={"eps": 1e-5, "affine": True}, nonlin=nn.LeakyReLU,
+                  deep_supervision=True)
+    student, teacher = MemCifUNet(**kwargs), MemCifUNet(**kwargs)
+    ds_weights = (1.0, 0.5)
+    supervised = DeepSupervisionWrapper(lambda out, tgt: (out - tgt).abs().mean(), ds_weights)
+    loss = SemiSupervisedLoss(supervised, DeepSupervisionWrapper(MaskedProbabilityMSE(True), ds_weights))
+    labeled, strong = torch.randn(2, 2, 16, 16), torch.randn(3, 2, 16, 16)
+    target = [torch.rand(2, 3, 16, 16), torch.rand(2, 3, 8, 8)]
+    masks = [torch.rand(3, 1, 16, 16) > 0.3, torch.rand(3, 1, 8, 8) > 0.3]
+    with torch.no_grad():
+        teacher_output = teacher(strong + 0.1)[:2]
+    weight = 0.7
+
+    joint = student(torch.cat((labeled, strong)))[:2]
+    expected = supervised([o[:2] for o in joint], target) + weight * loss.consistency([o[2:] for o in joint],
+                                                                                    teacher_output, masks)
+    expected_gradients = torch.autograd.grad(expected, list(student.parameters()))
+
+    parameters = list(student.parameters())
+    consistency = loss.consistency(student(strong)[:2], teacher_output, masks)
+    gradients = torch.autograd.grad(weight * consistency, parameters, allow_unused=True)
+    loss.prepare_unlabeled(parameters, gradients, consistency, weight)
+    student.zero_grad(set_to_none=True)  # what nnU-Net's train_step does first
+    total = loss(student(labeled)[:2], target)
+    total.backward()
+    torch.testing.assert_close(total, expected.detach())
+    for parameter, gradient in zip(parameters, expected_gradients):
+        torch.testing.assert_close(parameter.grad, gradient, atol=1e-6, rtol=1e-4)
+    torch.testing.assert_close(loss.last_consistency, consistency.detach())
+    # the preparation is used once: the next call (e.g. validation) is supervised only
     assert loss._unlabeled is None
+    output = student(labeled)[:2]
+    torch.testing.assert_close(loss(output, target), supervised(output, target))
 
 
 def test_modality_dropout_keeps_at_least_one():

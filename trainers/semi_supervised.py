@@ -14,7 +14,6 @@ import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.multi_threaded_augmenter import MultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import join, save_json
 from batchgeneratorsv2.transforms.spatial.mirroring import MirrorTransform
 from batchgeneratorsv2.transforms.spatial.spatial import SpatialTransform
 from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
@@ -34,11 +33,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
-from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
 from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews
 from nnunet_mem_cif.ssl.progress import SemiSupervisedLocalLogger
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledDataError, brain_mask, \
     load_unlabeled_dataset
+from nnunet_mem_cif.trainers.labeled_subset import LabeledSubsetMixin
 
 # the parts of nnU-Net's training augmentation that both views share (geometry, and zeroing outside the brain)
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
@@ -74,7 +73,7 @@ def read_checkpoint(path, map_location) -> dict:
                               f"resume from an older checkpoint, or train again without --c.") from e
 
 
-class SemiSupervisedTrainer(nnUNetTrainer):
+class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
     """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (DESIGN §3).
 
     Unlabeled data come from ``get_unlabeled_dataset``: the cases preprocessed by ``nnunet-mem-cif
@@ -93,13 +92,10 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         self.consistency_weight_max = 1.0
         self.consistency_rampup_fraction = 0.4  # of all training iterations
         self.unlabeled_batch_size: Optional[int] = None  # None: same as the labeled batch size
-        self.labeled_fraction: Optional[float] = None  # benchmark mode, see do_split
-        self.labeled_subset_seed = 12345
         self.teacher: Optional[EMATeacher] = None
         self.dataloader_unlabeled = None
         self.ssl_step = 0
         self.unlabeled_batches_seen = 0
-        self._benchmark_unlabeled_keys: Optional[List[str]] = None
         self.logger.local_logger = SemiSupervisedLocalLogger()
 
     # ---------------------------------------------------------------- network, teacher and loss
@@ -132,35 +128,16 @@ class SemiSupervisedTrainer(nnUNetTrainer):
         return autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
 
     # ---------------------------------------------------------------- data
-    def do_split(self):
-        """nnU-Net's split; in benchmark mode only a seeded fraction of the fold's training cases keeps its labels.
-
-        The rest becomes the unlabeled pool; which case went where is written to ``labeled_subset.json`` in the
-        fold's output folder. Validation cases are nnU-Net's, untouched.
-        """
-        tr_keys, val_keys = super().do_split()
-        if self.labeled_fraction is None:
-            return tr_keys, val_keys
-        labeled, unlabeled = split_labeled_fraction(tr_keys, self.labeled_fraction, self.labeled_subset_seed)
-        self._benchmark_unlabeled_keys = unlabeled
-        if self.local_rank == 0:
-            record = {"labeled_fraction": self.labeled_fraction, "seed": self.labeled_subset_seed,
-                      "fold": self.fold, "labeled": labeled, "unlabeled": unlabeled, "validation": list(val_keys)}
-            target = join(self.output_folder, "labeled_subset.json")
-            save_json(record, target + ".partial", sort_keys=False)
-            os.replace(target + ".partial", target)
-        return labeled, val_keys
-
     def get_unlabeled_dataset(self):
         if self.labeled_fraction is None:
             return load_unlabeled_dataset(self.preprocessed_dataset_folder_base, self.plans_manager,
                                           self.configuration_name)
-        if self._benchmark_unlabeled_keys is None:
+        if self.hidden_label_keys is None:
             self.do_split()
-        if not self._benchmark_unlabeled_keys:
+        if not self.hidden_label_keys:
             raise UnlabeledDataError(f"labeled_fraction={self.labeled_fraction} leaves no training case of fold "
                                      f"{self.fold} unlabeled; use a smaller fraction or more cases.")
-        return self.dataset_class(self.preprocessed_dataset_folder, self._benchmark_unlabeled_keys)
+        return self.dataset_class(self.preprocessed_dataset_folder, self.hidden_label_keys)
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,
                                  do_dummy_2d_data_aug) -> ComposeTransforms:
@@ -221,21 +198,34 @@ class SemiSupervisedTrainer(nnUNetTrainer):
 
     # ---------------------------------------------------------------- training
     def train_step(self, batch: dict) -> dict:
-        """One student pass over ``cat(labeled, strong unlabeled view)``; nnU-Net's train_step does the rest."""
+        """Teacher on the weak view, student on the strong view (its consistency gradients computed right away and
+        its activations freed), then nnU-Net's own train_step on the labeled batch adds the supervised gradients
+        and steps (see SemiSupervisedLoss for why two passes)."""
         unlabeled = next(self.dataloader_unlabeled)
         self.unlabeled_batches_seen += 1
         views = unlabeled["data"]
         num_channels = views.shape[1] // 2
         weak = views[:, :num_channels].to(self.device, non_blocking=True)
+        strong = views[:, num_channels:].to(self.device, non_blocking=True)
         masks = unlabeled["target"]
         masks = [brain_mask(m).to(self.device, non_blocking=True) for m in masks] if isinstance(masks, list) \
             else brain_mask(masks).to(self.device, non_blocking=True)
         with torch.no_grad(), self._autocast():
             teacher_output = self.teacher(weak)
+        del weak
         weight = self.consistency_weight()
-        self.loss.prepare_unlabeled(batch["data"].shape[0], teacher_output, masks, weight)
-        combined = dict(batch, data=torch.cat((batch["data"], views[:, num_channels:]), dim=0))
-        result = super().train_step(combined)
+        # the network nnU-Net trains, without the DDP wrapper: DDP reduces the summed gradients in nnU-Net's backward
+        student = self.network.module if isinstance(self.network, DDP) else self.network
+        parameters = [p for p in student.parameters() if p.requires_grad]
+        with self._autocast():
+            consistency = self.loss.consistency(student(strong), teacher_output, masks)
+        scaled = weight * consistency
+        if self.grad_scaler is not None:
+            scaled = self.grad_scaler.scale(scaled)
+        gradients = torch.autograd.grad(scaled, parameters, allow_unused=True)
+        del teacher_output, strong, scaled
+        self.loss.prepare_unlabeled(parameters, gradients, consistency, weight)
+        result = super().train_step(batch)
         self.teacher.update(self._student_module(), ema_decay_at(self.ssl_step, self.ema_decay))
         self.ssl_step += 1
         result.update(sup_loss=self.loss.last_supervised.cpu().numpy(),

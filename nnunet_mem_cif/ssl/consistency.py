@@ -1,6 +1,6 @@
 """Cross-modal consistency loss, its sigmoid ramp-up, and the loss that joins it to nnU-Net's supervised loss."""
 import math
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -47,12 +47,17 @@ class MaskedProbabilityMSE(nn.Module):
 
 
 class SemiSupervisedLoss(nn.Module):
-    """``L_sup(labeled part) + weight * L_cons(unlabeled part)`` on one student output.
+    """``L_sup + weight * L_cons`` inside nnU-Net's own ``train_step``, the consistency part back-propagated ahead.
 
-    Why this shape: the trainer runs the student once on ``cat(labeled, strong unlabeled view)`` and lets nnU-Net's
-    own ``train_step`` do autocast, GradScaler, clipping and the optimizer step. nnU-Net calls ``loss(output,
-    target)``; ``prepare_unlabeled`` tells the loss, for exactly the next call, how many leading samples are labeled
-    and what the teacher predicted for the rest. Without it (validation) only the supervised loss is computed.
+    Why this shape: the student's pass over the unlabeled strong views runs *before* nnU-Net's step, on its own, with
+    ``torch.autograd.grad``, so that only one batch's activations are alive at any time: peak memory is that of
+    nnU-Net's step on the labeled batch, not of a batch twice as large. The gradients are those of one pass over
+    ``cat(labeled, unlabeled)``, because nnU-Net normalises per sample (instance norm has no batch statistics).
+    ``prepare_unlabeled`` hands over those gradients for exactly the next call; nnU-Net's ``train_step`` then zeroes
+    the gradients, runs the labeled forward pass and calls this loss, which puts the consistency gradients into
+    ``.grad``; nnU-Net's ``backward()`` adds the supervised ones, and nnU-Net clips, scales and steps as always.
+    The value returned is the total loss for nnU-Net's log; only its supervised part carries a graph. Without a
+    preparation (validation) it is the supervised loss alone.
     """
 
     def __init__(self, supervised: nn.Module, consistency: nn.Module):
@@ -63,20 +68,22 @@ class SemiSupervisedLoss(nn.Module):
         self.last_supervised: Optional[torch.Tensor] = None
         self.last_consistency: Optional[torch.Tensor] = None
 
-    def prepare_unlabeled(self, num_labeled: int, teacher_output: TensorOrList, masks: TensorOrList,
-                          weight: float) -> None:
-        self._unlabeled = (num_labeled, teacher_output, masks, weight)
+    def prepare_unlabeled(self, parameters: Sequence[nn.Parameter], gradients: Sequence[Optional[torch.Tensor]],
+                          consistency: torch.Tensor, weight: float) -> None:
+        """``gradients``: of ``weight * consistency`` (scaled as nnU-Net's GradScaler scales the loss, if any)."""
+        if len(parameters) != len(gradients):
+            raise ValueError(f"{len(parameters)} parameters but {len(gradients)} gradients")
+        self._unlabeled = (parameters, gradients, consistency.detach(), weight)
 
     def forward(self, output: TensorOrList, target: TensorOrList) -> torch.Tensor:
+        supervised = self.supervised(output, target)
         if self._unlabeled is None:
-            return self.supervised(output, target)
-        num_labeled, teacher_output, masks, weight = self._unlabeled
+            return supervised
+        parameters, gradients, consistency, weight = self._unlabeled
         self._unlabeled = None
-        if isinstance(output, (list, tuple)):
-            labeled, unlabeled = [o[:num_labeled] for o in output], [o[num_labeled:] for o in output]
-        else:
-            labeled, unlabeled = output[:num_labeled], output[num_labeled:]
-        supervised = self.supervised(labeled, target)
-        consistency = self.consistency(unlabeled, teacher_output, masks)
-        self.last_supervised, self.last_consistency = supervised.detach(), consistency.detach()
+        with torch.no_grad():
+            for parameter, gradient in zip(parameters, gradients):
+                if gradient is not None:  # contiguous: autograd accumulates into .grad in the parameter's layout
+                    parameter.grad = gradient.contiguous() if parameter.grad is None else parameter.grad + gradient
+        self.last_supervised, self.last_consistency = supervised.detach(), consistency
         return supervised + weight * consistency

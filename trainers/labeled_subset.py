@@ -1,0 +1,34 @@
+"""Benchmark mode for any nnU-Net trainer: only a seeded fraction of the fold's training cases keeps its labels."""
+import os
+from typing import List, Optional
+
+from batchgenerators.utilities.file_and_folder_operations import join, save_json
+
+from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+
+
+class LabeledSubsetMixin:
+    """Put before an nnU-Net trainer class: with ``labeled_fraction`` set, ``do_split`` keeps a seeded fraction of
+    the fold's training cases; the others become ``hidden_label_keys`` (the unlabeled pool of the semi-supervised
+    trainers; supervised trainers never see them). Which case went where is written to ``labeled_subset.json`` in
+    the fold's output folder. Validation cases are nnU-Net's, untouched. Supervised and semi-supervised rows of the
+    paper's table share this code, so that with the same fold, fraction and seed they share the labeled cases.
+    """
+    labeled_fraction: Optional[float] = None  # set in a variant's __init__
+    labeled_subset_seed: int = 12345
+    hidden_label_keys: Optional[List[str]] = None
+
+    def do_split(self):
+        tr_keys, val_keys = super().do_split()
+        if self.labeled_fraction is None:
+            return tr_keys, val_keys
+        labeled, hidden = split_labeled_fraction(tr_keys, self.labeled_fraction, self.labeled_subset_seed)
+        self.hidden_label_keys = hidden
+        if self.local_rank == 0:
+            record = {"labeled_fraction": self.labeled_fraction, "seed": self.labeled_subset_seed,
+                      "fold": self.fold, "labeled": labeled, "unlabeled": hidden, "validation": list(val_keys)}
+            target = join(self.output_folder, "labeled_subset.json")
+            os.makedirs(self.output_folder, exist_ok=True)
+            save_json(record, target + ".partial", sort_keys=False)
+            os.replace(target + ".partial", target)
+        return labeled, val_keys
