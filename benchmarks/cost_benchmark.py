@@ -23,12 +23,14 @@ import os
 import statistics
 import sys
 import time
+from functools import partial
 from typing import Dict, List, Tuple
 
 import torch
+from network_benchmark import forward_backward
 
 from nnunet_mem_cif.demo import nnunet_environment, prepare_phantom_dataset
-from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, timed
+from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, interleaved_seconds, timed
 
 BASELINE = "nnUNetTrainer"
 METHOD = "MemCifSemiTrainer"
@@ -76,12 +78,6 @@ def load_dataset_json(dataset: str) -> dict:
     return load_json(os.path.join(preprocessed_folder(dataset), "dataset.json"))
 
 
-def forward_backward(network: torch.nn.Module, batch: torch.Tensor) -> None:
-    outputs = network(batch)
-    sum(o.float().square().mean() for o in outputs).backward()
-    network.zero_grad(set_to_none=True)
-
-
 # ---------------------------------------------------------------------------------------------- fresh-process probes
 def network_peak_memory_mib(dataset: str, trainer_name: str, device_name: str) -> float:
     device = torch.device(device_name)
@@ -104,18 +100,15 @@ def training_step_peak_memory_mib(dataset: str, trainer_name: str, device_name: 
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def measure_network(dataset: str, names: List[str], device: torch.device, repeats: int) -> Dict[str, List[float]]:
+def measure_network(dataset: str, names: List[str], device: torch.device,
+                    repeats: int) -> Tuple[Dict[str, List[float]], int, List[int]]:
+    """Interleaved forward+backward times of each trainer's network, and the plans' batch and patch size."""
     networks = {name: build_network(dataset, name, device) for name in names}
-    num_channels = len(load_dataset_json(dataset)["channel_names"])
     _, batch_size, patch_size = networks[names[0]]
-    batch = torch.randn(batch_size, num_channels, *patch_size, device=device)
-    times = {name: [] for name in names}
-    for name, (network, _, _) in networks.items():
-        forward_backward(network, batch)  # warm-up: allocator, oneDNN / cuDNN kernel choice
-    for _ in range(repeats):
-        for name, (network, _, _) in networks.items():
-            times[name].append(timed(lambda: forward_backward(network, batch), device))
-    return times
+    batch = torch.randn(batch_size, len(load_dataset_json(dataset)["channel_names"]), *patch_size, device=device)
+    times = interleaved_seconds({name: partial(forward_backward, network, batch)
+                                 for name, (network, _, _) in networks.items()}, repeats, device)
+    return times, batch_size, patch_size
 
 
 def measure_training_steps(trainers: Dict[str, object], repeats: int) -> Dict[str, List[float]]:
@@ -248,7 +241,7 @@ def main() -> None:
     started = time.time()
 
     print("network forward+backward ...", flush=True)
-    network_times = measure_network(dataset, [BASELINE, METHOD], device, args.repeats)
+    network_times, batch_size, patch_size = measure_network(dataset, [BASELINE, METHOD], device, args.repeats)
     network_memory = {name: in_fresh_process(network_peak_memory_mib, dataset, name, device.type)
                       for name in (BASELINE, METHOD)}
     print("training step ...", flush=True)
@@ -269,7 +262,6 @@ def main() -> None:
     inference_times = measure_inference(dataset, {n: trainers[n] for n in (BASELINE, METHOD)}, device,
                                         max(1, args.repeats - 1))
 
-    _, batch_size, patch_size = build_network(dataset, BASELINE, torch.device("cpu"))
     median = statistics.median
     print(f"\ndataset {dataset}, {CONFIGURATION}, batch {batch_size} x patch {tuple(patch_size)}, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, nnUNet_n_proc_DA "

@@ -9,13 +9,14 @@ shared 2-core machine is noisy; compare the ratios, not the seconds.
 """
 import argparse
 import statistics
+from functools import partial
 
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch import nn
 
 from nnunet_mem_cif.architectures import MemCifUNet
-from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, timed
+from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, interleaved_seconds
 
 
 def brats_like_kwargs(num_modalities: int, num_classes: int) -> dict:
@@ -68,12 +69,8 @@ def main() -> None:
     batch = torch.randn(args.batch, args.modalities, *args.patch, device=device)
     peak_memory = {name: in_fresh_process(peak_memory_mib, name, args.modalities, args.batch, args.patch,
                                           args.device) for name in networks}
-    times = {name: [] for name in networks}
-    for name, network in networks.items():
-        forward_backward(network, batch)  # warm-up (allocator, oneDNN/cuDNN kernel choice)
-    for _ in range(args.repeats):
-        for name, network in networks.items():
-            times[name].append(timed(lambda: forward_backward(network, batch), device))
+    times = interleaved_seconds({name: partial(forward_backward, network, batch) for name, network in networks.items()},
+                                args.repeats, device)
 
     base_name = "PlainConvUNet (nnU-Net)"
     base_params = sum(p.numel() for p in networks[base_name].parameters())

@@ -3,7 +3,7 @@ import multiprocessing
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Callable
+from typing import Callable, Dict, List
 
 import torch
 
@@ -20,6 +20,19 @@ def timed(work: Callable[[], object], device: torch.device) -> float:
     work()
     synchronize(device)
     return time.perf_counter() - start
+
+
+def interleaved_seconds(work: Dict[str, Callable[[], object]], repeats: int,
+                        device: torch.device) -> Dict[str, List[float]]:
+    """One warm-up call of each (allocator, oneDNN / cuDNN kernel choice), then ``repeats`` rounds A, B, A, B, ...:
+    on a noisy machine every candidate sees the same slow and fast moments, so their ratios stay meaningful."""
+    for function in work.values():
+        function()
+    times = {name: [] for name in work}
+    for _ in range(repeats):
+        for name, function in work.items():
+            times[name].append(timed(function, device))
+    return times
 
 
 def _proc_status_kib(field: str) -> int:
