@@ -37,7 +37,9 @@ VARIANTS = {
 
 
 def forward_backward(network: nn.Module, batch: torch.Tensor) -> None:
-    outputs = network(batch)
+    # mixed precision on CUDA, as nnUNetTrainer.train_step trains there
+    with torch.autocast(batch.device.type, enabled=batch.device.type == "cuda"):
+        outputs = network(batch)
     sum(o.float().square().mean() for o in outputs).backward()
     network.zero_grad(set_to_none=True)
 

@@ -181,6 +181,14 @@ def _mean_std(values: List[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
+def _commands_line(records: List[dict]) -> str:
+    """Every distinct command that made these runs (a table can combine runs of several commands)."""
+    commands = list(dict.fromkeys(r["command"] for r in records if r.get("command")))
+    if not commands:
+        return "- command: not recorded"
+    return ("- command: " if len(commands) == 1 else "- commands: ") + "; ".join(f"`{c}`" for c in commands)
+
+
 def markdown_report(records: List[dict]) -> str:
     """Methods x fractions, Dice and Sensitivity per region and their mean (mean ± std over seeds)."""
     if not records:
@@ -195,7 +203,7 @@ def markdown_report(records: List[dict]) -> str:
              f"and the initialisation); values are the mean over test cases, then mean ± std over seeds",
              "- schedule: " + "; ".join(f"{e} epochs x {i} iterations" for e, i in schedules),
              f"- device: {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()),
-             f"- command: `{first['command']}`" if first.get("command") else "- command: not recorded",
+             _commands_line(records),
              "",
              "| labeled | method | labeled cases | " + " | ".join(f"Dice {REGION_SHORT[r]}" for r in REGIONS) + " | "
              + " | ".join(f"Sens {REGION_SHORT[r]}" for r in REGIONS) + " | train [min] |",

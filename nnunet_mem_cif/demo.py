@@ -17,6 +17,7 @@ import torch
 from tqdm import tqdm
 
 from nnunet_mem_cif.discovery import console_script, ext_trainer_value
+from nnunet_mem_cif.errors import PluginUserError
 
 DEMO_TRAINER = "MemCifSemiTrainer_demo"
 DEMO_DATASET_ID = 990
@@ -40,6 +41,11 @@ def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
     return env
 
 
+class StepFailed(PluginUserError, RuntimeError):
+    """One of nnU-Net's commands failed: its last output line and the full log say why (a traceback through
+    ``subprocess`` would not)."""
+
+
 def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
              progress_pattern: Optional[str] = None, total: Optional[int] = None) -> None:
     """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines)."""
@@ -47,6 +53,7 @@ def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
     with open(log_file, "w") as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
                                           leave=True) as bar:
         log.write("$ " + " ".join(command) + "\n")
+        last_line = ""
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    bufsize=1)
         for line in process.stdout:
@@ -54,9 +61,10 @@ def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
             if pattern is None or pattern.search(line):
                 bar.update(1)
             bar.set_postfix_str(line.strip()[-60:], refresh=True)
+            last_line = line.strip() or last_line
         code = process.wait()
     if code != 0:
-        raise RuntimeError(f"{title} failed (exit code {code}); see {log_file}")
+        raise StepFailed(f"{title} failed (exit code {code}): {last_line!r}; full output in {log_file}")
 
 
 def save_overlays(images_folder: str, labels_folder: str, predictions_folder: str, output_folder: str,

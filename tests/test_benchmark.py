@@ -3,6 +3,7 @@ import csv
 import json
 import os
 import re
+import sys
 
 import pytest
 
@@ -33,6 +34,7 @@ def test_table_writer_groups_methods_by_fraction_with_mean_and_std_over_seeds(tm
     records = [fake_record(m, f, s, d) for m, d in (("memcif", 0.8), ("nnunet", 0.6))
                for f in (0.01, 0.05) for s in (0, 1)]
     records[0]["mean"]["whole_tumor"]["dice"] = 0.9  # memcif, 1 %, seed 0: 0.9 and 0.8 -> 0.850 ± 0.071
+    records[1]["command"] = "nnunet-mem-cif benchmark --seeds 1"  # runs of two commands in one table
     write_fake_runs(tmp_path, records)
     assert [(r["labeled_fraction"], r["method"]) for r in load_records(str(tmp_path))][:4] == \
         [(0.01, "nnunet"), (0.01, "nnunet"), (0.01, "memcif"), (0.01, "memcif")]  # the table's row order
@@ -41,6 +43,7 @@ def test_table_writer_groups_methods_by_fraction_with_mean_and_std_over_seeds(tm
     assert os.path.getsize(tmp_path / "results.png") > 1000
     table = (tmp_path / "results.md").read_text()
     assert "3 held-out test cases" in table and "seeds: 0, 1" in table and "5 epochs x 7 iterations" in table
+    assert "- commands: `nnunet-mem-cif bench`; `nnunet-mem-cif benchmark --seeds 1`" in table
     rows = [line for line in table.splitlines() if line.startswith("| 1%") or line.startswith("| 5%")]
     assert len(rows) == 4
     assert rows[0].startswith("| 1% | supervised nnU-Net | 1 | 0.600 ± 0.000 |")
@@ -104,3 +107,15 @@ def test_benchmark_command_trains_all_six_methods_through_nnunet_and_resumes(wor
     assert again.stdout.count("done before, skipped") == 6
     assert os.path.isfile(os.path.join(output, "results.png"))
     assert DATASET_NAME in table
+
+
+def test_a_failed_nnunet_step_is_one_line_naming_its_last_output_and_log(tmp_path):
+    from nnunet_mem_cif.demo import StepFailed, run_step
+    log = tmp_path / "step.log"
+    failing = [sys.executable, "-c", "import sys; print('working'); print('CUDA is not available'); sys.exit(3)"]
+    with pytest.raises(StepFailed) as raised:
+        run_step("[1/1] nnUNetv2_train", failing, dict(os.environ), str(log))
+    message = str(raised.value)
+    assert "exit code 3" in message and "CUDA is not available" in message and str(log) in message
+    assert "working" in log.read_text()  # the whole output is kept in the log
+    assert isinstance(raised.value, PluginUserError)  # so that the command line shows one line, exit code 2

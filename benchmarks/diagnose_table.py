@@ -1,0 +1,106 @@
+"""Why a benchmark table looks as it does, from training-side information only (never tuned on the test cases).
+
+Reads a finished ``nnunet-mem-cif benchmark`` folder (its runs/ hold nnU-Net's results folders) and prints, per run:
+
+1. the test Dice beside nnU-Net's own fold validation Dice (held-out *training* cases, ``validation/summary.json``):
+   two independent held-out sets; where the methods' order flips between them, their differences are noise;
+2. for the semi-supervised rows: the last epochs' supervised loss, consistency loss and consistency weight (from
+   the checkpoint's training log): how much the unlabeled term weighs against the labeled one;
+3. for MEM + CIF networks: how far CIF moved from its initialisation in ``checkpoint_final.pth`` (mixing logits
+   start at 0, a uniform mixture over the other modalities; gate biases at -2, sigmoid 0.12): a CIF that barely
+   moved cannot explain a difference.
+
+    python benchmarks/diagnose_table.py WORK/table          # WORK as given to benchmarks/phantom_table.sh
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+import sys
+from typing import Optional
+
+import torch
+
+from nnunet_mem_cif.benchmark import METHODS, load_records
+
+LAST_EPOCHS = 3
+
+
+def fold_folder(output_dir: str, record: dict) -> Optional[str]:
+    """The run's nnU-Net fold folder; None where only its run.json is here (copied from another table)."""
+    run_dir = os.path.join(output_dir, "runs", record["method"],
+                           f"fraction{record['labeled_fraction']:g}_seed{record['seed']}")
+    pattern = os.path.join(run_dir, "nnUNet_results", record["dataset"], f"{record['trainer']}__*",
+                           f"fold_{record['fold']}")
+    found = glob.glob(pattern)
+    if len(found) > 1:
+        raise FileNotFoundError(f"expected one nnU-Net fold folder at {pattern}, found {len(found)}")
+    return found[0] if found else None
+
+
+def validation_dice(fold: str) -> Optional[float]:
+    summary = os.path.join(fold, "validation", "summary.json")
+    if not os.path.isfile(summary):
+        return None
+    with open(summary) as f:
+        return json.load(f)["foreground_mean"]["Dice"]
+
+
+def last_epochs_mean(log: dict, key: str) -> Optional[float]:
+    values = log.get(key) or []
+    return statistics.mean(values[-LAST_EPOCHS:]) if values else None
+
+
+def cif_drift(weights: dict) -> Optional[str]:
+    """Largest deviation of the mixing weights from uniform and mean gate-bias change, over the encoder stages."""
+    stages = sorted({k.rsplit(".", 1)[0] for k in weights if k.startswith("encoder.cif.")})
+    if not stages:
+        return None
+    mixing_change, bias_change = [], []
+    for stage in stages:
+        logits = weights[f"{stage}.mixing_logits"].float()
+        m = logits.shape[0]
+        mixing = torch.softmax(logits.masked_fill(torch.eye(m, dtype=torch.bool), float("-inf")), dim=1)
+        uniform = (1 - torch.eye(m)) / (m - 1)
+        mixing_change.append((mixing - uniform).abs().max().item())
+        bias_change.append((weights[f"{stage}.gate_bias"].float() + 2.0).mean().item())
+    return (f"mixing {max(mixing_change):.3f} from uniform (max), "
+            f"gate bias {statistics.mean(bias_change):+.3f} from -2 (mean)")
+
+
+def fmt(value: Optional[float], digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("output_dir", help="the --output-dir of nnunet-mem-cif benchmark")
+    args = parser.parse_args()
+    records = load_records(args.output_dir)
+    if not records:
+        print(f"no finished runs in {args.output_dir}/runs", file=sys.stderr)
+        return 1
+    print(f"Diagnostics of {os.path.basename(os.path.abspath(args.output_dir))}: test Dice (held-out test cases) "
+          f"beside nnU-Net's fold validation Dice (held-out training cases); losses are the mean of the last "
+          f"{LAST_EPOCHS} epochs.\n")
+    print("| labeled | method | seed | test Dice (mean) | validation Dice (mean) | supervised loss | consistency loss "
+          "| consistency weight | CIF after training |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for record in records:
+        row = f"| {record['labeled_fraction']:.0%} | {METHODS[record['method']][0]} | {record['seed']} " \
+              f"| {fmt(record['mean']['mean']['dice'])} "
+        fold = fold_folder(args.output_dir, record)
+        if fold is None:
+            print(row + "| (only run.json here) | | | | |")
+            continue
+        checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+        log = checkpoint["logging"]
+        print(row + f"| {fmt(validation_dice(fold))} | {fmt(last_epochs_mean(log, 'train_sup_losses'))} "
+              f"| {fmt(last_epochs_mean(log, 'train_cons_losses'), 4)} | {fmt(last_epochs_mean(log, 'cons_weights'), 2)} "
+              f"| {cif_drift(checkpoint['network_weights']) or '-'} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
