@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 
 from nnunet_mem_cif.benchmark import METHODS, load_records
+from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
 LAST_EPOCHS = 3
 
@@ -94,7 +95,7 @@ def main() -> int:
         if fold is None:
             print(row + "| (only run.json here) | | | | |")
             continue
-        checkpoint = torch.load(os.path.join(fold, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+        checkpoint = read_checkpoint(os.path.join(fold, "checkpoint_final.pth"), "cpu")  # weights_only=True
         log = checkpoint["logging"]
         print(row + f"| {fmt(validation_dice(fold))} | {fmt(last_epochs_mean(log, 'train_sup_losses'))} "
               f"| {fmt(last_epochs_mean(log, 'train_cons_losses'), 4)} | {fmt(last_epochs_mean(log, 'cons_weights'), 2)} "
