@@ -28,7 +28,7 @@ setup(
         "nilearn>=0.10",  # MNI152 anatomy bundled in the wheel, for make-phantom / demo (no download)
     ],
     # medpy (GPL-3) only checks our metrics in the tests; it is never a runtime dependency
-    extras_require={"test": ["pytest>=7", "medpy>=0.5"]},
+    extras_require={"test": ["pytest>=7.3", "medpy>=0.5"]},
     entry_points={"console_scripts": ["nnunet-mem-cif=nnunet_mem_cif.cli:main"]},
     classifiers=["Programming Language :: Python :: 3", "License :: OSI Approved :: Apache Software License"],
 )

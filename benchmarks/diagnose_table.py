@@ -13,7 +13,6 @@ Reads a finished ``nnunet-mem-cif benchmark`` folder (its runs/ hold nnU-Net's r
     python benchmarks/diagnose_table.py WORK/table          # WORK as given to benchmarks/phantom_table.sh
 """
 import argparse
-import glob
 import json
 import os
 import statistics
@@ -22,22 +21,17 @@ from typing import Optional
 
 import torch
 
-from nnunet_mem_cif.benchmark import METHODS, load_records
+from nnunet_mem_cif.benchmark import METHODS, Run, fold_folder, load_records
 from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
 LAST_EPOCHS = 3
 
 
-def fold_folder(output_dir: str, record: dict) -> Optional[str]:
+def run_fold_folder(output_dir: str, record: dict) -> Optional[str]:
     """The run's nnU-Net fold folder; None where only its run.json is here (copied from another table)."""
-    run_dir = os.path.join(output_dir, "runs", record["method"],
-                           f"fraction{record['labeled_fraction']:g}_seed{record['seed']}")
-    pattern = os.path.join(run_dir, "nnUNet_results", record["dataset"], f"{record['trainer']}__*",
-                           f"fold_{record['fold']}")
-    found = glob.glob(pattern)
-    if len(found) > 1:
-        raise FileNotFoundError(f"expected one nnU-Net fold folder at {pattern}, found {len(found)}")
-    return found[0] if found else None
+    fold = fold_folder(Run.of_record(record).folder(output_dir), record["dataset"], record["trainer"],
+                       record["fold"])
+    return fold if os.path.isdir(fold) else None
 
 
 def validation_dice(fold: str) -> Optional[float]:
@@ -91,7 +85,7 @@ def main() -> int:
     for record in records:
         row = f"| {record['labeled_fraction']:.0%} | {METHODS[record['method']][0]} | {record['seed']} " \
               f"| {fmt(record['mean']['mean']['dice'])} "
-        fold = fold_folder(args.output_dir, record)
+        fold = run_fold_folder(args.output_dir, record)
         if fold is None:
             print(row + "| (only run.json here) | | | | |")
             continue

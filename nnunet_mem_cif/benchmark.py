@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
+from nnunet_mem_cif.atomic import write_atomically, write_text_atomically
 from nnunet_mem_cif.errors import PluginUserError
 
 # DESIGN §4: command-line name -> (row of the table, trainer)
@@ -48,6 +49,20 @@ class Run:
     @property
     def name(self) -> str:
         return os.path.join(self.method, f"fraction{self.fraction:g}_seed{self.seed}")
+
+    @classmethod
+    def of_record(cls, record: dict) -> "Run":
+        return cls(record["method"], record["labeled_fraction"], record["seed"])
+
+    def folder(self, output_dir: str) -> str:
+        """Everything of this run: run.json, logs, predictions, and its own nnUNet_results."""
+        return os.path.join(output_dir, "runs", self.name)
+
+
+def fold_folder(run_dir: str, dataset_name: str, trainer: str, fold: int) -> str:
+    """Where nnUNetv2_train writes a run's checkpoints, training log and fold validation."""
+    return os.path.join(run_dir, "nnUNet_results", dataset_name, f"{trainer}__nnUNetPlans__{CONFIGURATION}",
+                        f"fold_{fold}")
 
 
 def versions() -> Dict[str, str]:
@@ -111,12 +126,12 @@ def run_one(run: Run, step: str, dataset_id: int, dataset_name: str, raw_dataset
             epochs: int, iterations_per_epoch: int, device: str, fold: int, command: Optional[str]) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-    from nnunet_mem_cif.demo import nnunet_environment, run_step
+    from nnunet_mem_cif.demo import nnunet_command_environment, run_step
     from nnunet_mem_cif.discovery import console_script
     from nnunet_mem_cif.evaluation import evaluate_folders, write_results
     from nnunet_mem_cif.trainers.benchmark import BENCHMARK_VARIABLE
 
-    run_dir = os.path.join(output_dir, "runs", run.name)
+    run_dir = run.folder(output_dir)
     record_file = os.path.join(run_dir, "run.json")
     label, trainer = METHODS[run.method]
     if os.path.isfile(record_file):
@@ -125,11 +140,11 @@ def run_one(run: Run, step: str, dataset_id: int, dataset_name: str, raw_dataset
     os.makedirs(run_dir, exist_ok=True)
     setting = {"labeled_fraction": run.fraction, "epochs": epochs, "iterations_per_epoch": iterations_per_epoch,
                "seed": run.seed}
-    env = nnunet_environment(output_dir, device)
-    env.update(nnUNet_raw=os.environ["nnUNet_raw"], nnUNet_preprocessed=os.environ["nnUNet_preprocessed"],
-               nnUNet_results=os.path.join(run_dir, "nnUNet_results"), **{BENCHMARK_VARIABLE: json.dumps(setting)})
-    fold_dir = os.path.join(env["nnUNet_results"], dataset_name, f"{trainer}__nnUNetPlans__{CONFIGURATION}",
-                            f"fold_{fold}")
+    env = nnunet_command_environment(device, raw=os.environ["nnUNet_raw"],
+                                     preprocessed=os.environ["nnUNet_preprocessed"],
+                                     results=os.path.join(run_dir, "nnUNet_results"))
+    env[BENCHMARK_VARIABLE] = json.dumps(setting)
+    fold_dir = fold_folder(run_dir, dataset_name, trainer, fold)
     resume = any(os.path.isfile(os.path.join(fold_dir, f"checkpoint_{k}.pth")) for k in ("latest", "final"))
     title = f"{step} {label}, {run.fraction:.0%} labeled, seed {run.seed}"
 
@@ -158,8 +173,7 @@ def run_one(run: Run, step: str, dataset_id: int, dataset_name: str, raw_dataset
               "mean": metrics["mean"], "train_seconds": round(train_seconds, 1),
               "predict_seconds": round(predict_seconds, 1), "device": device_description(device),
               "versions": versions(), "command": command}
-    save_json(record, record_file + ".partial", sort_keys=False)
-    os.replace(record_file + ".partial", record_file)
+    write_atomically(record_file, lambda partial: save_json(record, partial, sort_keys=False))
     return record
 
 
@@ -261,9 +275,8 @@ def plot_report(records: List[dict], path: str) -> None:
     axes[0][0].legend(fontsize=8, loc="lower left")
     fig.supxlabel("labeled fraction")
     fig.tight_layout()
-    fig.savefig(path + ".partial.png", dpi=80)
+    write_atomically(path, lambda partial: fig.savefig(partial, dpi=80))
     plt.close(fig)
-    os.replace(path + ".partial.png", path)
 
 
 def write_report(output_dir: str) -> List[str]:
@@ -272,11 +285,7 @@ def write_report(output_dir: str) -> List[str]:
     written = []
     for name, write in (("results.md", lambda f: f.write(markdown_report(records))),
                         ("results.csv", lambda f: write_csv(records, f))):
-        path = os.path.join(output_dir, name)
-        with open(path + ".partial", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".partial", path)
-        written.append(path)
+        written.append(write_text_atomically(os.path.join(output_dir, name), write))
     if records:
         plot_report(records, os.path.join(output_dir, "results.png"))
         written.append(os.path.join(output_dir, "results.png"))

@@ -26,11 +26,17 @@ DEMO_DATASET = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
 
 
 def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
-    """nnU-Net's folders inside ``workdir``, this plugin's trainers findable, CPU-friendly worker counts."""
+    """``nnunet_command_environment`` with nnU-Net's three folders inside ``workdir``."""
+    return nnunet_command_environment(device, raw=os.path.join(workdir, "nnUNet_raw"),
+                                      preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
+                                      results=os.path.join(workdir, "nnUNet_results"))
+
+
+def nnunet_command_environment(device: str, *, raw: str, preprocessed: str, results: str) -> Dict[str, str]:
+    """The environment nnU-Net's commands run in: the given folders, this plugin's trainers findable, CPU-friendly
+    worker counts (where the user has not set their own)."""
     env = dict(os.environ)
-    env.update(nnUNet_raw=os.path.join(workdir, "nnUNet_raw"),
-               nnUNet_preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
-               nnUNet_results=os.path.join(workdir, "nnUNet_results"),
+    env.update(nnUNet_raw=raw, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
                nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
                PYTHONUNBUFFERED="1")  # line by line into the logs and progress bars
     if device == "cpu":

@@ -21,6 +21,7 @@ import SimpleITK as sitk
 from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region_or_label_to_mask
 from scipy import ndimage
 
+from nnunet_mem_cif.atomic import write_text_atomically
 from nnunet_mem_cif.errors import PluginUserError
 
 # nnU-Net's BraTS label convention (1 edema, 2 necrotic/non-enhancing core, 3 enhancing) and the original BraTS one
@@ -126,9 +127,7 @@ def write_results(results: dict, output_json: str) -> Tuple[str, str]:
     for path, write in ((output_json, lambda f: json.dump(results, f, indent=2)),
                         (csv_file, lambda f: _write_csv(results, f)),
                         (markdown_file, lambda f: f.write(markdown_table(results) + "\n"))):
-        with open(path + ".partial", "w", newline="") as f:
-            write(f)
-        os.replace(path + ".partial", path)
+        write_text_atomically(path, write)
     return csv_file, markdown_file
 
 

@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
+from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.brats import MODALITIES
 
 # relative intensity of (CSF, grey matter, white matter, edema, enhancing rim, necrotic core) per modality
@@ -89,8 +90,7 @@ def synthesise_case(anatomy: Dict[str, np.ndarray], labels: np.ndarray, spacing:
 def _write(array: np.ndarray, path: str, spacing: float, dtype) -> None:
     image = sitk.GetImageFromArray(np.ascontiguousarray(array.transpose(2, 1, 0)).astype(dtype))
     image.SetSpacing((spacing,) * 3)
-    sitk.WriteImage(image, path + ".partial.nii.gz")
-    os.replace(path + ".partial.nii.gz", path)
+    write_atomically(path, lambda partial: sitk.WriteImage(image, partial))
 
 
 def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float = 1.0,

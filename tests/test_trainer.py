@@ -7,6 +7,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mem_cif.architectures import MemCifUNet
+from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
 from nnunet_mem_cif.trainers.semi_supervised import CheckpointError
 from nnunet_workspace import make_trainer
@@ -34,7 +35,7 @@ def test_checkpoint_round_trip_restores_student_teacher_and_step(trainer_env, tm
     trainer.ssl_step, trainer.unlabeled_batches_seen = 17, 17
     path = str(tmp_path / "checkpoint.pth")
     trainer.save_checkpoint(path)
-    assert not os.path.exists(path + ".partial")
+    assert not os.path.exists(partial_path(path))
 
     restored = make_trainer("MemCifSemiTrainer_debug")
     restored.load_checkpoint(path)

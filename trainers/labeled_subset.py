@@ -4,6 +4,7 @@ from typing import List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
 
+from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
 
 
@@ -29,6 +30,5 @@ class LabeledSubsetMixin:
                       "fold": self.fold, "labeled": labeled, "unlabeled": hidden, "validation": list(val_keys)}
             target = join(self.output_folder, "labeled_subset.json")
             os.makedirs(self.output_folder, exist_ok=True)
-            save_json(record, target + ".partial", sort_keys=False)
-            os.replace(target + ".partial", target)
+            write_atomically(target, lambda partial: save_json(record, partial, sort_keys=False))
         return labeled, val_keys

@@ -30,6 +30,7 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
@@ -269,8 +270,7 @@ class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
             return
         checkpoint = read_checkpoint(filename, "cpu")
         checkpoint[SSL_CHECKPOINT_KEY] = self.ssl_state()
-        torch.save(checkpoint, filename + ".partial")
-        os.replace(filename + ".partial", filename)
+        write_atomically(filename, lambda partial: torch.save(checkpoint, partial))
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         state = read_checkpoint(filename_or_checkpoint, self.device).get(SSL_CHECKPOINT_KEY)

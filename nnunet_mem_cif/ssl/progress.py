@@ -8,6 +8,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from nnunetv2.training.logging.nnunet_logger import LocalLogger  # noqa: E402
 
+from nnunet_mem_cif.atomic import write_atomically  # noqa: E402
+
 SSL_LOG_KEYS = ("train_sup_losses", "train_cons_losses", "cons_weights")
 
 
@@ -51,6 +53,4 @@ class SemiSupervisedLocalLogger(LocalLogger):
             nnunet_panels = np.concatenate((nnunet_panels, np.ones_like(nnunet_panels[..., :1])), axis=2)
         width = min(nnunet_panels.shape[1], ssl_panel.shape[1])
         combined = np.concatenate((nnunet_panels[:, :width], ssl_panel[:, :width]), axis=0)
-        partial = os.path.join(output_folder, "progress.partial.png")
-        plt.imsave(partial, combined)
-        os.replace(partial, path)
+        write_atomically(path, lambda partial: plt.imsave(partial, combined))

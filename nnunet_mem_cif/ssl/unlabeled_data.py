@@ -27,6 +27,7 @@ from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 from tqdm import tqdm
 
+from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
 
@@ -188,8 +189,7 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
         "source": join(nnUNet_raw, dataset_name, RAW_UNLABELED_FOLDER),
         "created": datetime.now().isoformat(timespec="seconds"),
     }
-    save_json(manifest_content, manifest + ".partial", sort_keys=False)
-    os.replace(manifest + ".partial", manifest)
+    write_atomically(manifest, lambda partial: save_json(manifest_content, partial, sort_keys=False))
     return output_folder
 
 
