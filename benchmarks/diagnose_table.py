@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
 from nnunet_mem_cif.benchmark import METHODS, Run, fold_folder, load_records
 from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
@@ -54,14 +55,16 @@ def cif_drift(weights: dict) -> Optional[str]:
         return None
     mixing_change, bias_change = [], []
     for stage in stages:
-        logits = weights[f"{stage}.mixing_logits"].float()
-        m = logits.shape[0]
-        mixing = torch.softmax(logits.masked_fill(torch.eye(m, dtype=torch.bool), float("-inf")), dim=1)
-        uniform = (1 - torch.eye(m)) / (m - 1)
-        mixing_change.append((mixing - uniform).abs().max().item())
-        bias_change.append((weights[f"{stage}.gate_bias"].float() + 2.0).mean().item())
+        state = {k[len(stage) + 1:]: v.float() for k, v in weights.items() if k.startswith(stage + ".")}
+        num_modalities, channels = state["gate_weight_self"].shape[:2]
+        fresh = ComplementaryInformationFusion(num_modalities, channels)  # the state training started from
+        trained = ComplementaryInformationFusion(num_modalities, channels)
+        trained.load_state_dict(state)
+        with torch.no_grad():
+            mixing_change.append((trained.mixing_weights() - fresh.mixing_weights()).abs().max().item())
+            bias_change.append((trained.gate_bias - fresh.gate_bias).mean().item())
     return (f"mixing {max(mixing_change):.3f} from uniform (max), "
-            f"gate bias {statistics.mean(bias_change):+.3f} from -2 (mean)")
+            f"gate bias {statistics.mean(bias_change):+.3f} from {fresh.initial_gate_bias:g} (mean)")
 
 
 def fmt(value: Optional[float], digits: int = 3) -> str:
