@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The phantom table of the README (issue #5): 60 phantom cases at 5 mm (50 training, 10 held-out test cases), all
+# The phantom table of the README: 60 phantom cases at 5 mm (50 training, 10 held-out test cases), all
 # six methods x 1 / 5 / 10 % labeled, 10 epochs x 10 iterations, seed 0, on the CPU; then seeds 1 and 2 at 1 % for
 # supervised nnU-Net, Mean Teacher and the full method (how much one seed's numbers move). Resumable: after an
 # interruption run it again. Copies results.md/.csv/.png, every run.json and diagnostics.md (diagnose_table.py)

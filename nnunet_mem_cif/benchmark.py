@@ -1,4 +1,4 @@
-"""``nnunet-mem-cif benchmark``: the paper's table (DESIGN §4) on any fully labeled nnU-Net dataset.
+"""``nnunet-mem-cif benchmark``: the paper's table (docs/design.md §4) on any fully labeled nnU-Net dataset.
 
 For every seed, labeled fraction and method: ``nnUNetv2_train`` (the method's ``*_benchmark`` trainer, same fold),
 ``nnUNetv2_predict`` on the dataset's ``imagesTs``, evaluation against ``labelsTs``, and a ``run.json`` with the
@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Dict, List, Optional, Sequence
 
-from nnunet_mem_cif.atomic import write_atomically, write_text_atomically
+from nnunet_mem_cif.atomic import is_within, write_atomically, write_text_atomically
 from nnunet_mem_cif.errors import PluginUserError
 
-# DESIGN §4: command-line name -> (row of the table, trainer)
+# docs/design.md §4: command-line name -> (row of the table, trainer)
 METHODS: Dict[str, tuple] = {
     "nnunet": ("supervised nnU-Net", "nnUNetTrainer_benchmark"),
     "mean-teacher": ("Mean Teacher", "MeanTeacherTrainer_benchmark"),
@@ -31,6 +31,8 @@ METHODS: Dict[str, tuple] = {
     "no-cif": ("no CIF", "MemCifSemiTrainer_noCIF_benchmark"),
     "memcif": ("full method", "MemCifSemiTrainer_benchmark"),
 }
+SEMI_SUPERVISED = ("mean-teacher", "no-mem", "no-cif", "memcif")  # the methods that train on unlabeled cases
+BENCHMARK_OUTPUTS = ("runs", "results.md", "results.csv", "results.png")
 REGIONS = ("whole_tumor", "tumor_core", "enhancing_tumor", "mean")
 REGION_SHORT = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET", "mean": "mean"}
 CONFIGURATION = "3d_fullres"
@@ -94,24 +96,153 @@ def check_dataset(raw_dataset: str, preprocessed_dataset: str) -> None:
                                  f"labels (nnunet-mem-cif convert-brats2019 writes imagesTs and labelsTs)")
 
 
-def run_benchmark(dataset_id: int, output_dir: str, fractions: Sequence[float], methods: Sequence[str],
-                  epochs: int, iterations_per_epoch: int, seeds: Sequence[int], device: str, fold: int = 0,
-                  command: Optional[str] = None) -> List[dict]:
-    """Train, predict and evaluate every missing (seed, fraction, method), then write the table."""
-    from nnunetv2.paths import nnUNet_preprocessed, nnUNet_raw
-    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+def check_arguments(fractions: Sequence[float], methods: Sequence[str], epochs: int, iterations_per_epoch: int,
+                    seeds: Sequence[int]) -> None:
+    """Arguments no table can come from (NaN fails every range comparison, so it is refused too)."""
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
-        raise BenchmarkError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
-    bad = [f for f in fractions if not 0 < f < 1]
+        raise BenchmarkError(f"--methods: unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    bad = [f for f in fractions if not 0 < f <= 1]
     if bad:
-        raise BenchmarkError(f"labeled fractions must lie in (0, 1), got {bad}")
-    if nnUNet_raw is None or nnUNet_preprocessed is None:
+        raise BenchmarkError(f"--fractions: labeled fractions must lie in (0, 1], got {', '.join(map(str, bad))}")
+    for flag, values in (("--methods", methods), ("--fractions", fractions), ("--seeds", seeds)):
+        repeated = sorted({str(v) for v in values if list(values).count(v) > 1})
+        if repeated:
+            raise BenchmarkError(f"{flag}: {', '.join(repeated)} given more than once (a run is one method, "
+                                 f"fraction and seed); give each once.")
+    for flag, value in (("--epochs", epochs), ("--iterations", iterations_per_epoch)):
+        if value < 1:
+            raise BenchmarkError(f"{flag} must be at least 1, got {value}")
+    bad = [s for s in seeds if not 0 <= s < 2 ** 32]
+    if bad:
+        raise BenchmarkError(f"--seeds must lie between 0 and 2**32 - 1, got {', '.join(map(str, bad))}")
+
+
+def parse_fold(fold) -> int:
+    """``--fold`` as an int; fold 'all' is refused: nnU-Net validates it on its own training cases, so the cases
+    whose labels a run hides would be validation cases too."""
+    if str(fold) == "all":
+        raise BenchmarkError("--fold all is not supported: nnU-Net's fold 'all' validates on its training cases, "
+                             "so the benchmark's unlabeled cases would be validation cases too. Give a fold number.")
+    try:
+        return int(fold)
+    except ValueError:
+        raise BenchmarkError(f"--fold must be a fold number (0, 1, ...), got {fold!r}") from None
+
+
+def fold_training_cases(preprocessed_dataset: str, fold: int) -> List[str]:
+    """The training cases of ``fold``, as nnU-Net's do_split will pick them, or a BenchmarkError for a fold the
+    dataset cannot have (where nnU-Net would silently train on a random 80:20 split instead)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
+    from nnunetv2.utilities.crossval_split import generate_crossval_split
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    plans = PlansManager(os.path.join(preprocessed_dataset, "nnUNetPlans.json"))
+    if CONFIGURATION not in plans.available_configurations:
+        raise BenchmarkError(f"{preprocessed_dataset}/nnUNetPlans.json has no {CONFIGURATION} configuration: run "
+                             f"nnUNetv2_plan_and_preprocess -d ID -c {CONFIGURATION}")
+    splits_file = os.path.join(preprocessed_dataset, "splits_final.json")
+    if os.path.isfile(splits_file):
+        splits = load_json(splits_file)
+        if not 0 <= fold < len(splits):
+            raise BenchmarkError(f"--fold {fold}: {splits_file} defines folds 0..{len(splits) - 1}. Choose one of "
+                                 f"them.")
+        return list(splits[fold]["train"])
+    folder = os.path.join(preprocessed_dataset, plans.get_configuration(CONFIGURATION).data_identifier)
+    identifiers = sorted(infer_dataset_class(folder).get_identifiers(folder)) if os.path.isdir(folder) else []
+    if not identifiers:
+        raise BenchmarkError(f"{folder} holds no preprocessed cases: run nnUNetv2_plan_and_preprocess -d ID -c "
+                             f"{CONFIGURATION}")
+    if len(identifiers) < 5:
+        raise BenchmarkError(f"{len(identifiers)} training cases are too few for nnU-Net's 5-fold split (at least "
+                             f"5): add cases, or write your own {splits_file}.")
+    if not 0 <= fold < 5:
+        raise BenchmarkError(f"--fold {fold}: nnU-Net's 5-fold split has folds 0..4 (or write your own "
+                             f"{splits_file}).")
+    return list(generate_crossval_split(identifiers, seed=12345, n_splits=5)[fold]["train"])
+
+
+def check_fractions_leave_unlabeled_cases(training_cases: Sequence[str], fractions: Sequence[float],
+                                          methods: Sequence[str], seeds: Sequence[int], fold: int) -> None:
+    """A semi-supervised run needs at least one training case whose labels are hidden."""
+    from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+    semi_supervised = [m for m in methods if m in SEMI_SUPERVISED]
+    for fraction in fractions:
+        for seed in seeds:
+            if semi_supervised and not split_labeled_fraction(training_cases, fraction, seed)[1]:
+                raise BenchmarkError(f"--fractions {fraction:g} keeps all {len(training_cases)} training cases of "
+                                     f"fold {fold} labeled, so {', '.join(semi_supervised)} would have no unlabeled "
+                                     f"case. Use a smaller fraction, or only supervised methods at this one.")
+
+
+def is_benchmark_output(folder: str) -> bool:
+    """Whether ``folder`` holds only what this command writes (runs/, results.*, temporaries of those)."""
+    return all(name in BENCHMARK_OUTPUTS or name.startswith(".partial-") for name in os.listdir(folder))
+
+
+def check_output_dir(output_dir: str, protected: Sequence[str]) -> None:
+    """The output may be new, empty or an earlier benchmark output (finished runs are kept, interrupted ones
+    resumed); never a dataset folder of nnU-Net's, nor a folder that holds anything else."""
+    for folder in protected:
+        if is_within(output_dir, folder) or is_within(folder, output_dir):
+            raise BenchmarkError(f"--output-dir {output_dir} and the dataset folder {folder} overlap; the dataset "
+                                 f"is only read. Choose an output folder outside it.")
+    if os.path.lexists(output_dir) and (os.path.islink(output_dir) or not os.path.isdir(output_dir)):
+        raise BenchmarkError(f"--output-dir {output_dir} exists and is not a folder. Choose another.")
+    if os.path.isdir(output_dir) and not is_benchmark_output(output_dir):
+        raise BenchmarkError(f"--output-dir {output_dir} holds files this command did not write, so it does not "
+                             f"write into it. Choose a new or empty folder, or an earlier benchmark output.")
+
+
+def check_no_test_case_in_training(raw_dataset: str, file_ending: str, reader_class: type) -> None:
+    """No imagesTs case may be an imagesTr case, by name or by content (nnunet_mem_cif.leakage).
+
+    Done once per command, before any run, rather than at every run's training start: decoding every image of a
+    BraTS-size dataset takes minutes. The trainers then check the unlabeled pool by name only.
+    """
+    from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, case_files, check_content_disjoint, \
+        check_names_disjoint, fingerprint_files, relative_names
+    training, test = (case_files(os.path.join(raw_dataset, f), file_ending) for f in (TRAINING_FOLDER, TEST_FOLDER))
+    advice = "Keep each case in imagesTr or in imagesTs, not both (then plan and preprocess again)."
+    check_names_disjoint(TRAINING_FOLDER, training, {TEST_FOLDER: test}, raw_dataset, advice, BenchmarkError)
+    names = relative_names(raw_dataset, training) + relative_names(raw_dataset, test)
+    processes = 1 if len(names) < 64 else min(8, os.cpu_count() or 1)
+    fingerprints = fingerprint_files(raw_dataset, names, reader_class, processes, error=BenchmarkError)
+    check_content_disjoint(raw_dataset, fingerprints, [(TRAINING_FOLDER, TEST_FOLDER)], {TRAINING_FOLDER: advice},
+                           BenchmarkError)
+
+
+def run_benchmark(dataset_id: int, output_dir: str, fractions: Sequence[float], methods: Sequence[str],
+                  epochs: int, iterations_per_epoch: int, seeds: Sequence[int], device: str, fold=0,
+                  command: Optional[str] = None) -> List[dict]:
+    """Train, predict and evaluate every missing (seed, fraction, method), then write the table.
+
+    Everything is checked before the output folder is created: the arguments, the dataset (plans, preprocessed
+    cases, a labeled test set), the fold (as nnU-Net will split), that every fraction leaves the semi-supervised
+    methods unlabeled cases, that no test case is a training case, and the output folder.
+    """
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+    from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+    check_arguments(fractions, methods, epochs, iterations_per_epoch, seeds)
+    fold = parse_fold(fold)
+    raw_root, preprocessed_root = os.environ.get("nnUNet_raw"), os.environ.get("nnUNet_preprocessed")
+    if not raw_root or not preprocessed_root:
         raise BenchmarkError("set nnUNet_raw, nnUNet_preprocessed (and nnUNet_results) as for nnU-Net itself")
-    dataset_name = maybe_convert_to_dataset_name(dataset_id)
-    raw_dataset = os.path.join(nnUNet_raw, dataset_name)
-    check_dataset(raw_dataset, os.path.join(nnUNet_preprocessed, dataset_name))
+    try:
+        dataset_name = maybe_convert_to_dataset_name(dataset_id)
+    except (RuntimeError, ValueError) as e:  # nnU-Net's message says where it looked
+        raise BenchmarkError(f"--dataset-id {dataset_id}: {e}") from e
+    raw_dataset = os.path.join(raw_root, dataset_name)
+    preprocessed_dataset = os.path.join(preprocessed_root, dataset_name)
+    check_dataset(raw_dataset, preprocessed_dataset)
+    training_cases = fold_training_cases(preprocessed_dataset, fold)
+    check_fractions_leave_unlabeled_cases(training_cases, fractions, methods, seeds, fold)
     output_dir = os.path.abspath(output_dir)
+    check_output_dir(output_dir, [raw_dataset, preprocessed_dataset])
+    plans = PlansManager(os.path.join(preprocessed_dataset, "nnUNetPlans.json"))
+    check_no_test_case_in_training(raw_dataset, load_json(os.path.join(preprocessed_dataset, "dataset.json"))
+                                   ["file_ending"], plans.image_reader_writer_class)
     os.makedirs(output_dir, exist_ok=True)
     runs = [Run(m, f, s) for s in seeds for f in fractions for m in methods]
     records = []

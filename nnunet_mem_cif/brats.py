@@ -8,18 +8,22 @@ whole tumor = (1, 2, 3), tumor core = (2, 3), enhancing = 3 are nested label ran
 import json
 import os
 import shutil
+import sys
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from tqdm import tqdm
 
+from nnunet_mem_cif.atomic import atomic_folder, check_output_folder, is_within
 from nnunet_mem_cif.errors import PluginUserError
-from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
+from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file, distinct_labels
 from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # nnU-Net channel index = position
 BRATS_LABELS = (0, 1, 2, 4)
+NNUNET_LABELS = (0, 1, 2, 3)
+LABEL_CONVENTIONS = {"nnU-Net": NNUNET_LABELS, "BraTS": BRATS_LABELS}
 BRATS_TO_NNUNET = {0: 0, 2: 1, 1: 2, 4: 3}
 NNUNET_TO_BRATS = {v: k for k, v in BRATS_TO_NNUNET.items()}
 SUBSETS = {"HGG": ("HGG",), "LGG": ("LGG",), "all": ("HGG", "LGG")}
@@ -29,11 +33,44 @@ class BratsConversionError(PluginUserError, ValueError):
     """The BraTS folder or a file in it is not what the converter needs; the message names the file."""
 
 
-def _map_labels(labels: np.ndarray, mapping: Dict[int, int], source: str) -> np.ndarray:
-    unexpected = sorted(set(np.unique(labels).tolist()) - set(mapping))
-    if unexpected:
-        raise BratsConversionError(f"{source}: label values {unexpected} are not in {sorted(mapping)}. Fix or remove "
-                                   f"this segmentation.")
+def other_label_convention(values: Sequence[int], convention: str) -> Optional[str]:
+    """The name of the other label convention when ``values`` fit it but not ``convention``.
+
+    Such a file is rarely broken: it is an unconverted (or doubly converted) segmentation or a mixed-up flag, and the
+    error message can say which.
+    """
+    expected = set(LABEL_CONVENTIONS[convention])
+    for name, labels in LABEL_CONVENTIONS.items():
+        if name != convention and set(values) <= set(labels) and not set(values) <= expected:
+            return name
+    return None
+
+
+def unexpected_labels_message(source: str, values: Sequence[int], convention: str) -> Optional[str]:
+    """None when every value belongs to ``convention``; else a message naming the file, the values found and, when
+    they fit the other convention, that they look like it."""
+    allowed = LABEL_CONVENTIONS[convention]
+    unexpected = sorted(set(values) - set(allowed))
+    if not unexpected:
+        return None
+    message = (f"{source}: label values {unexpected} are not in {list(allowed)} ({convention} labels; found "
+               f"{list(values)})")
+    other = other_label_convention(values, convention)
+    if other:
+        message += f"; they look like {other} labels ({'/'.join(map(str, LABEL_CONVENTIONS[other]))})"
+    return message
+
+
+def _check_labels(labels: np.ndarray, convention: str, source: str, advice: str) -> None:
+    problem = unexpected_labels_message(source, distinct_labels(labels, source, BratsConversionError), convention)
+    if problem:
+        raise BratsConversionError(f"{problem}. {advice}")
+
+
+def _map_labels(labels: np.ndarray, mapping: Dict[int, int], source: str,
+                advice: str = "Fix or remove this segmentation.") -> np.ndarray:
+    convention = next(name for name, values in LABEL_CONVENTIONS.items() if set(values) == set(mapping))
+    _check_labels(labels, convention, source, advice)
     lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
     for old, new in mapping.items():
         lookup[old] = new
@@ -48,20 +85,52 @@ def nnunet_to_brats_labels(labels: np.ndarray, source: str = "segmentation") -> 
     return _map_labels(labels, NNUNET_TO_BRATS, source)
 
 
-def _convert_label_file(source: str, target: str, mapping: Dict[int, int]) -> None:
+def _convert_label_file(source: str, target: str, mapping: Dict[int, int],
+                        advice: str = "Fix or remove this segmentation.") -> None:
     image = _read_checked(source)
-    converted = sitk.GetImageFromArray(_map_labels(sitk.GetArrayFromImage(image), mapping, source))
+    converted = sitk.GetImageFromArray(_map_labels(sitk.GetArrayFromImage(image), mapping, source, advice))
     converted.CopyInformation(image)
     sitk.WriteImage(converted, target)
 
 
-def convert_predictions_to_brats(prediction_folder: str, output_folder: str, file_ending: str = ".nii.gz") -> int:
-    """Write BraTS-labelled (0/1/2/4) copies of nnU-Net predictions; returns the number of files converted."""
-    os.makedirs(output_folder, exist_ok=True)
+def _prediction_files(prediction_folder: str, output_folder: str, overwrite: bool, file_ending: str) -> List[str]:
+    """The files ``convert_predictions_to_brats`` converts, after refusing every input / output mix-up it could
+    otherwise turn into lost or mixed data (nothing is created before this returns)."""
+    if not os.path.isdir(prediction_folder):
+        problem = "not a folder" if os.path.exists(prediction_folder) else "no such folder"
+        raise BratsConversionError(f"{prediction_folder}: {problem}. Give the folder nnUNetv2_predict wrote.")
+    if is_within(output_folder, prediction_folder) or is_within(prediction_folder, output_folder):
+        raise BratsConversionError(f"the output folder {output_folder} and the prediction folder {prediction_folder} "
+                                   f"overlap (the same, or one inside the other). Choose a separate output folder.")
     files = sorted(f for f in os.listdir(prediction_folder) if f.endswith(file_ending))
-    for name in tqdm(files, desc="Converting predictions to BraTS labels", unit="case"):
-        _convert_label_file(os.path.join(prediction_folder, name), os.path.join(output_folder, name),
-                            NNUNET_TO_BRATS)
+    if not files:
+        raise BratsConversionError(f"{prediction_folder}: no predictions (*{file_ending}) to convert.")
+    check_output_folder(output_folder, overwrite,
+                        lambda folder: all(f.endswith(file_ending) and os.path.isfile(os.path.join(folder, f))
+                                           for f in os.listdir(folder)))
+    return files
+
+
+def convert_predictions_to_brats(prediction_folder: str, output_folder: str, file_ending: str = ".nii.gz",
+                                 overwrite: bool = False) -> int:
+    """Write BraTS-labelled (0/1/2/4) copies of nnU-Net predictions; returns the number of files converted.
+
+    ``output_folder`` appears complete or not at all (a bad 4th file leaves no folder with 3 converted ones that
+    could pass for the whole set). An existing non-empty one is refused unless ``overwrite``, and then replaced
+    whole, never mixed with its old files; only a folder of segmentations counts as an earlier output. Every file's
+    labels are checked before the first one is written (reading each file twice), so a bad file ends the command
+    with one clear error before any output exists.
+    """
+    files = _prediction_files(prediction_folder, output_folder, overwrite, file_ending)
+    advice = "to-brats-labels converts nnU-Net predictions (0/1/2/3); remove files that are not from the folder."
+    for name in files:
+        path = os.path.join(prediction_folder, name)
+        image = _read_checked(path)  # kept alive while its array view is read
+        _check_labels(sitk.GetArrayViewFromImage(image), "nnU-Net", path, advice)
+    with atomic_folder(output_folder, overwrite) as partial:
+        for name in tqdm(files, desc="Converting predictions to BraTS labels", unit="case"):
+            _convert_label_file(os.path.join(prediction_folder, name), os.path.join(partial, name), NNUNET_TO_BRATS,
+                                advice)
     return len(files)
 
 
@@ -130,19 +199,42 @@ def find_brats_cases(brats_dir: str, subset: str = "HGG") -> List[Tuple[str, str
     return cases
 
 
+def check_split_arguments(test_fraction: float, labeled_fraction: Optional[float], seed: int) -> None:
+    """Refuse fractions and seeds no split can be made with (NaN fails every comparison, so it is refused too)."""
+    if not 0 <= test_fraction < 1:
+        raise BratsConversionError(f"--test-fraction must be at least 0 and below 1 (0: no test split), got "
+                                   f"{test_fraction}")
+    if labeled_fraction is not None and not 0 < labeled_fraction <= 1:
+        raise BratsConversionError(f"--labeled-fraction must be above 0 and at most 1, got {labeled_fraction}")
+    if not 0 <= seed < 2 ** 32:
+        raise BratsConversionError(f"--seed must be between 0 and 2**32 - 1, got {seed}")
+
+
 def split_cases(case_ids: Sequence[str], test_fraction: float, labeled_fraction: Optional[float],
                 seed: int) -> Dict[str, List[str]]:
-    """Seeded held-out test split, then (optionally) a labeled / unlabeled split of the rest."""
-    if not 0 <= test_fraction < 1:
-        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+    """Seeded held-out test split, then (optionally) a labeled / unlabeled split of the rest.
+
+    A fraction above 0 that rounds to no case at all (or to every case) is refused rather than silently giving a
+    dataset without the test set, training case or unlabeled case that was asked for.
+    """
+    check_split_arguments(test_fraction, labeled_fraction, seed)
     ids = sorted(case_ids)
     order = np.random.RandomState(seed).permutation(len(ids))
     num_test = int(round(test_fraction * len(ids)))
+    if test_fraction > 0 and num_test == 0:
+        raise BratsConversionError(f"--test-fraction {test_fraction} of {len(ids)} cases gives no test case. Raise "
+                                   f"it to at least {0.5 / len(ids):.3g}, or pass 0 for no test split.")
+    if num_test >= len(ids):
+        raise BratsConversionError(f"--test-fraction {test_fraction} of {len(ids)} cases leaves no training case. "
+                                   f"Lower it, or convert more cases.")
     test = sorted(ids[i] for i in order[:num_test])
     train = sorted(ids[i] for i in order[num_test:])
     if labeled_fraction is None:
         return {"test": test, "labeled": train, "unlabeled": []}
     labeled, unlabeled = split_labeled_fraction(train, labeled_fraction, seed)
+    if labeled_fraction < 1 and not unlabeled:
+        raise BratsConversionError(f"--labeled-fraction {labeled_fraction} of the {len(train)} training cases leaves "
+                                   f"no unlabeled case. Lower it, pass 1 to keep all labeled, or convert more cases.")
     return {"test": test, "labeled": labeled, "unlabeled": unlabeled}
 
 
@@ -163,22 +255,30 @@ def convert_brats2019(brats_dir: str, raw_root: str, dataset_id: int, name: str 
                       overwrite: bool = False) -> str:
     """Write ``raw_root/DatasetNNN_NAME`` and return its path; the source folder is only read.
 
-    Everything is written into a ``.partial`` folder that replaces the target only when complete. An existing
-    target is an error unless ``overwrite``.
+    Arguments, the target and the split are checked before anything is written; the dataset is written through
+    ``atomic_folder``, so it appears complete or not at all. An existing target is an error unless ``overwrite``.
     """
     if not 0 < dataset_id < 1000:
         raise BratsConversionError(f"dataset id must be 1..999, got {dataset_id}")
     if not name or os.sep in name or name in (".", "..") or (os.altsep and os.altsep in name):
         raise BratsConversionError(f"dataset name {name!r} must be a plain folder name")
+    check_split_arguments(test_fraction, labeled_fraction, seed)
     target = os.path.join(raw_root, f"Dataset{dataset_id:03d}_{name}")
-    if os.path.exists(target) and not overwrite:
+    if os.path.lexists(target) and not overwrite:
         raise BratsConversionError(f"{target} already exists. Choose another --dataset-id/--name or pass "
                                    f"--overwrite to replace it.")
+    if os.path.lexists(target) and not os.path.isdir(target):
+        raise BratsConversionError(f"{target} exists and is not a folder. Choose another --dataset-id/--name.")
+    if is_within(target, brats_dir) or is_within(brats_dir, target):
+        raise BratsConversionError(f"{target} and the BraTS folder {brats_dir} overlap; the source is only read. "
+                                   f"Point nnUNet_raw elsewhere.")
     cases = dict(find_brats_cases(brats_dir, subset))
     split = split_cases(list(cases), test_fraction, labeled_fraction, seed)
-    partial = target + ".partial"
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
+    legacy = target + ".partial"  # earlier versions' temporary: nnU-Net would take it for a second dataset NNN
+    if os.path.isdir(legacy):
+        print(f"nnunet-mem-cif: removing {legacy}, left over from an interrupted run", file=sys.stderr)
+        shutil.rmtree(legacy)
+    with atomic_folder(target, overwrite) as partial:
         folders = {"test": ("imagesTs", "labelsTs"), "labeled": ("imagesTr", "labelsTr"),
                    "unlabeled": ("imagesUnlabeled", None)}
         for images, labels in folders.values():
@@ -202,10 +302,4 @@ def convert_brats2019(brats_dir: str, raw_root: str, dataset_id: int, name: str 
                   "test_fraction": test_fraction, "labeled_fraction": labeled_fraction, "cases": split}
         with open(os.path.join(partial, "conversion.json"), "w") as f:
             json.dump(record, f, indent=2)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)  # no half-written dataset is ever left behind
-        raise
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(partial, target)
     return target

@@ -3,11 +3,14 @@ import argparse
 import json
 import os
 import shlex
+import signal
 import sys
-from typing import List, Optional
+import threading
+from contextlib import contextmanager
+from typing import Iterator, List, Optional
 
 from nnunet_mem_cif.discovery import ext_trainer_folder, ext_trainer_value
-from nnunet_mem_cif.errors import PluginUserError
+from nnunet_mem_cif.errors import PluginUserError, user_error_line
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -22,7 +25,7 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
-    folder = preprocess_unlabeled(args.d, args.c, args.p, args.np)
+    folder = preprocess_unlabeled(args.d, args.c, args.p, args.np, overwrite=args.overwrite)
     print(f"Unlabeled cases preprocessed into {folder}")
     return 0
 
@@ -44,13 +47,15 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.phantom import make_phantom
-    cases = make_phantom(args.output_dir, args.cases, args.seed, args.spacing)
+    cases = make_phantom(args.output_dir, args.cases, args.seed, args.spacing, overwrite=args.overwrite)
     print(f"Wrote {len(cases)} phantom cases to {os.path.join(args.output_dir, 'HGG')}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
+    from nnunet_mem_cif.evaluation import check_results_path, evaluate_folders, markdown_table, write_results
+    if args.o:
+        check_results_path(args.o, args.pred_dir, args.gt_dir, args.overwrite)
     results = evaluate_folders(args.pred_dir, args.gt_dir, brats_labels=args.brats_labels)
     print(markdown_table(results))
     if args.o:
@@ -61,25 +66,35 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_to_brats(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.brats import convert_predictions_to_brats
-    count = convert_predictions_to_brats(args.pred_dir, args.output_dir)
+    count = convert_predictions_to_brats(args.pred_dir, args.output_dir, overwrite=args.overwrite)
     print(f"Wrote {count} BraTS-labelled (0/1/2/4) segmentations to {args.output_dir}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.demo import run_demo
-    run_demo(args.workdir, args.cases, args.spacing, device=args.device, seed=args.seed)
+    run_demo(args.workdir, args.cases, args.spacing, device=args.device, seed=args.seed, overwrite=args.overwrite)
     return 0
 
 
+def _device(requested: str, error: type) -> str:
+    """``auto`` resolved; ``cuda`` refused up front where torch sees no GPU (rather than in nnU-Net's log later)."""
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise error("--device cuda, but torch sees no CUDA GPU. Use --device cpu (slow) or run on a machine with one.")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from nnunet_mem_cif.benchmark import command_line, run_benchmark, write_report
+    from nnunet_mem_cif.benchmark import BenchmarkError, command_line, run_benchmark, write_report
     if args.report_only:
+        if not os.path.isdir(os.path.join(args.output_dir, "runs")):
+            raise BenchmarkError(f"--report-only: {args.output_dir} holds no benchmark runs (no runs/ folder). Give "
+                                 f"the --output-dir of an earlier benchmark.")
         for path in write_report(args.output_dir):
             print(f"wrote {path}")
         return 0
-    import torch
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    device = _device(args.device, BenchmarkError)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     run_benchmark(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
                   args.seeds, device, args.fold, command_line())
@@ -99,12 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     pre = sub.add_parser("preprocess-unlabeled", help="preprocess nnUNet_raw/DatasetXXX/imagesUnlabeled",
                          description="Preprocesses nnUNet_raw/DatasetXXX/imagesUnlabeled/ with the plans and "
                                      "preprocessor of CONFIG into nnUNet_preprocessed/DatasetXXX/"
-                                     "<data_identifier>_unlabeled/. Run nnUNetv2_plan_and_preprocess first.")
+                                     "<data_identifier>_unlabeled/. Run nnUNetv2_plan_and_preprocess first. Refuses "
+                                     "unlabeled cases that are also in imagesTr or imagesTs (same name or same "
+                                     "image content).")
     pre.add_argument("-d", required=True, help="dataset id or name, as for nnUNetv2_train")
     pre.add_argument("-c", required=True, help="configuration, e.g. 3d_fullres")
     pre.add_argument("-p", default="nnUNetPlans", help="plans identifier (default: nnUNetPlans)")
     pre.add_argument("-np", type=int, default=4, help="number of processes (default: 4)")
-    pre.set_defaults(func=_cmd_preprocess_unlabeled)
+    pre.add_argument("--overwrite", action="store_true", help="replace earlier preprocessed unlabeled cases whole")
+    pre.set_defaults(func=_cmd_preprocess_unlabeled, all_or_nothing=True)
 
     conv = sub.add_parser("convert-brats2019", help="official BraTS 2019 folder -> $nnUNet_raw/DatasetNNN_NAME",
                           description="Reads BRATS_DIR/{HGG,LGG}/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz (never "
@@ -120,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--labeled-fraction", type=float, default=None)
     conv.add_argument("--seed", type=int, default=12345)
     conv.add_argument("--overwrite", action="store_true", help="replace an existing target dataset folder")
-    conv.set_defaults(func=_cmd_convert)
+    conv.set_defaults(func=_cmd_convert, all_or_nothing=True)
 
     ph = sub.add_parser("make-phantom", help="BraTS-like phantom cases in the official BraTS 2019 layout",
                         description="Real MNI152 anatomy (bundled with nilearn) with synthetic tumors, four contrasts, "
@@ -129,7 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--cases", type=int, required=True)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size in mm (default 1.0, as BraTS)")
-    ph.set_defaults(func=_cmd_phantom)
+    ph.add_argument("--overwrite", action="store_true", help="replace an earlier phantom in OUTPUT_DIR")
+    ph.set_defaults(func=_cmd_phantom, all_or_nothing=True)
 
     ev = sub.add_parser("evaluate", help="Dice / Sensitivity / HD95 for whole tumor, tumor core, enhancing tumor",
                         description="Compares each reference segmentation in GT_DIR with the file of the same name in "
@@ -139,12 +158,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("gt_dir")
     ev.add_argument("-o", help="write this JSON, plus .csv and .md beside it")
     ev.add_argument("--brats-labels", action="store_true")
-    ev.set_defaults(func=_cmd_evaluate)
+    ev.add_argument("--overwrite", action="store_true", help="replace existing -o results files")
+    ev.set_defaults(func=_cmd_evaluate, all_or_nothing=True)
 
-    tb = sub.add_parser("to-brats-labels", help="convert nnU-Net predictions (1/2/3) to BraTS labels (1/2/4)")
+    tb = sub.add_parser("to-brats-labels", help="convert nnU-Net predictions (1/2/3) to BraTS labels (1/2/4)",
+                        description="Writes OUTPUT_DIR whole or not at all; OUTPUT_DIR must be new or empty, or an "
+                                    "earlier output replaced with --overwrite.")
     tb.add_argument("pred_dir")
     tb.add_argument("output_dir")
-    tb.set_defaults(func=_cmd_to_brats)
+    tb.add_argument("--overwrite", action="store_true", help="replace an earlier OUTPUT_DIR whole")
+    tb.set_defaults(func=_cmd_to_brats, all_or_nothing=True)
 
     demo = sub.add_parser("demo", help="the whole workflow on phantom data, in one command",
                           description="phantom -> convert (10%% labeled) -> nnUNetv2_plan_and_preprocess -> "
@@ -155,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--spacing", type=float, default=4.0)
     demo.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(func=_cmd_demo)
+    demo.add_argument("--overwrite", action="store_true", help="replace an earlier, finished demo in WORKDIR whole")
+    demo.set_defaults(func=_cmd_demo, all_or_nothing=True)
 
     from nnunet_mem_cif.benchmark import METHODS
     bench = sub.add_parser("benchmark", help="the paper's table: methods x labeled fractions, one command",
@@ -167,23 +191,64 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--dataset-id", type=int, required=True)
     bench.add_argument("--output-dir", default="mem_cif_benchmark")
     bench.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10])
-    bench.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
+    bench.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
     bench.add_argument("--epochs", type=int, default=1000, help="default 1000 (nnU-Net's)")
     bench.add_argument("--iterations", type=int, default=250, help="per epoch; default 250 (nnU-Net's)")
     bench.add_argument("--seeds", type=int, nargs="+", default=[0])
-    bench.add_argument("--fold", type=int, default=0)
+    bench.add_argument("--fold", default="0", help="nnU-Net fold (default 0; 'all' is not supported)")
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--report-only", action="store_true", help="only rewrite results.* from finished runs")
-    bench.set_defaults(func=_cmd_benchmark)
+    bench.set_defaults(func=_cmd_benchmark, all_or_nothing=True)
     return parser
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that the same clean-up (temporary files and folders removed) runs."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM (``kill``, a batch scheduler's time limit) raises ``Terminated`` instead of ending the
+    process on the spot, which would leave temporary folders behind."""
+    if threading.current_thread() is not threading.main_thread():  # signal handlers can only be set there
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)  # None: set outside Python
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Commands marked ``all_or_nothing`` (those that write folders all or nothing, or run nnU-Net's commands as
+    child processes) end an interrupt (Ctrl-C, SIGTERM) with one line and 128 + signal number, once their clean-up
+    has run (temporaries removed, child processes ended)."""
+    if not getattr(args, "all_or_nothing", False):
+        return args.func(args)
+    try:
+        with _sigterm_as_interrupt():
+            return args.func(args)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"nnunet-mem-cif: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return _run(args)
     except PluginUserError as e:
-        print(f"nnunet-mem-cif: error: {e}", file=sys.stderr)
+        print(user_error_line(e), file=sys.stderr)
         return 2
 
 

@@ -6,9 +6,13 @@ Every nnU-Net step runs nnU-Net's own command-line tool, exactly as a user would
 """
 import os
 import re
+import json
 import shutil
+import signal
 import subprocess
+import sys
 import time
+from datetime import datetime
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -16,6 +20,7 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
+from nnunet_mem_cif.atomic import check_output_folder, write_atomically
 from nnunet_mem_cif.discovery import console_script, ext_trainer_value
 from nnunet_mem_cif.errors import PluginUserError
 
@@ -23,6 +28,12 @@ DEMO_TRAINER = "MemCifSemiTrainer_demo"
 DEMO_DATASET_ID = 990
 DEMO_DATASET_NAME = "PhantomBraTS"
 DEMO_DATASET = f"Dataset{DEMO_DATASET_ID:03d}_{DEMO_DATASET_NAME}"
+# written into WORKDIR first ({"complete": false}) and last ({"complete": true}): what makes a folder the demo's own
+DEMO_MARKER = ".nnunet-mem-cif-demo"
+
+
+class DemoError(PluginUserError, ValueError):
+    """An argument or work folder the demo cannot run with; the message says what to do."""
 
 
 def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
@@ -54,23 +65,50 @@ class StepFailed(PluginUserError, RuntimeError):
 
 def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
              progress_pattern: Optional[str] = None, total: Optional[int] = None) -> None:
-    """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines)."""
+    """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines).
+
+    The command runs in a process group of its own, which an interrupt of this process (Ctrl-C, or SIGTERM turned
+    into one by the command line) ends whole: nnU-Net's data-augmentation workers included, which would otherwise
+    keep training (and holding the GPU) after the command that started them has gone.
+    """
     pattern = re.compile(progress_pattern) if progress_pattern else None
     with open(log_file, "w") as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
                                           leave=True) as bar:
         log.write("$ " + " ".join(command) + "\n")
         last_line = ""
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1)
-        for line in process.stdout:
-            log.write(line)
-            if pattern is None or pattern.search(line):
-                bar.update(1)
-            bar.set_postfix_str(line.strip()[-60:], refresh=True)
-            last_line = line.strip() or last_line
-        code = process.wait()
+                                   bufsize=1, start_new_session=True)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if pattern is None or pattern.search(line):
+                    bar.update(1)
+                bar.set_postfix_str(line.strip()[-60:], refresh=True)
+                last_line = line.strip() or last_line
+            code = process.wait()
+        except BaseException:
+            end_process_group(process)
+            raise
     if code != 0:
         raise StepFailed(f"{title} failed (exit code {code}): {last_line!r}; full output in {log_file}")
+
+
+def end_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM to ``process`` and every process it started (its process group), SIGKILL to what is left after
+    ``grace`` seconds or once the leader has gone."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent, or a parent that hung
+    except ProcessLookupError:
+        pass
+    process.wait()
 
 
 def save_overlays(images_folder: str, labels_folder: str, predictions_folder: str, output_folder: str,
@@ -138,14 +176,90 @@ def prepare_phantom_dataset(workdir: str, dataset_id: int, dataset_name: str, nu
     return dataset
 
 
+def check_demo_arguments(num_cases: int, spacing: float, seed: int, labeled_fraction: float,
+                         test_fraction: float) -> None:
+    """Arguments the demo cannot give a meaningful result with, refused before anything is made: those of the
+    phantom and the conversion, and a split without a labeled, an unlabeled or a test case."""
+    from nnunet_mem_cif.brats import BratsConversionError, check_split_arguments, split_cases
+    from nnunet_mem_cif.phantom import check_phantom_arguments
+    check_phantom_arguments(num_cases, seed, spacing)
+    check_split_arguments(test_fraction, labeled_fraction, seed)
+
+    def split_works(n: int) -> bool:
+        try:
+            split = split_cases([f"case{i:04d}" for i in range(n)], test_fraction, labeled_fraction, seed)
+        except BratsConversionError:
+            return False
+        return all(split[group] for group in ("labeled", "unlabeled", "test"))
+
+    if not split_works(num_cases):
+        enough = next((n for n in range(num_cases + 1, 1000) if split_works(n)), None)
+        raise DemoError(f"--cases {num_cases} is too few: the demo puts {test_fraction:.0%} of the cases in the test "
+                        f"set and keeps {labeled_fraction:.0%} of the rest labeled, and needs at least one labeled, "
+                        f"one unlabeled and one test case. Use --cases {enough or 'more'} or more.")
+
+
+def _demo_state(workdir: str) -> Optional[dict]:
+    marker = os.path.join(workdir, DEMO_MARKER)
+    if not os.path.isfile(marker):
+        return None
+    try:
+        with open(marker) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {"complete": False}  # a marker cut short: the demo that wrote it did not finish either
+
+
+def prepare_workdir(workdir: str, overwrite: bool) -> Optional[str]:
+    """Check ``workdir`` (before anything is written); returns what must happen to it: None (new or empty),
+    'leftover' (an unfinished earlier demo, removed without asking) or 'replace' (a finished one, ``overwrite``).
+
+    Only a folder the demo marked as its own is ever replaced: ``--overwrite`` with a mistyped path must not delete
+    a home folder.
+    """
+    state = _demo_state(workdir) if os.path.isdir(workdir) and not os.path.islink(workdir) else None
+    unfinished = state is not None and not state.get("complete")
+    check_output_folder(workdir, overwrite or unfinished, lambda folder: _demo_state(folder) is not None)
+    if state is None:
+        return None
+    return "leftover" if unfinished else "replace"
+
+
+def _write_marker(workdir: str, complete: bool, arguments: dict) -> None:
+    content = {"complete": complete, "arguments": arguments, "time": datetime.now().isoformat(timespec="seconds")}
+
+    def write(partial: str) -> None:
+        with open(partial, "w") as f:
+            json.dump(content, f, indent=2)
+    write_atomically(os.path.join(workdir, DEMO_MARKER), write)
+
+
 def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fraction: float = 0.1,
-             test_fraction: float = 0.2, device: str = "auto", seed: int = 0) -> dict:
+             test_fraction: float = 0.2, device: str = "auto", seed: int = 0, overwrite: bool = False) -> dict:
+    """The whole workflow in ``workdir``. Arguments, device and work folder are checked before anything is made.
+
+    ``workdir`` must be new, empty or an earlier demo's (recognised by its ``DEMO_MARKER``): a finished one is
+    replaced whole with ``overwrite``; an unfinished one (an interrupted or failed run, whose logs are kept until
+    then) is removed by the next run, which says so.
+    """
     from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
     from nnunet_mem_cif.trainers import MemCifSemiTrainer_demo
 
     start = time.time()
+    check_demo_arguments(num_cases, spacing, seed, labeled_fraction, test_fraction)
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DemoError("--device cuda, but torch sees no CUDA GPU. Use --device cpu or auto.")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
     workdir = os.path.abspath(workdir)
+    earlier = prepare_workdir(workdir, overwrite)
+    if earlier == "leftover":
+        print(f"nnunet-mem-cif: removing {workdir}, left over from an interrupted demo run", file=sys.stderr)
+    if earlier:
+        shutil.rmtree(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    arguments = dict(cases=num_cases, spacing=spacing, labeled_fraction=labeled_fraction,
+                     test_fraction=test_fraction, device=device, seed=seed)
+    _write_marker(workdir, False, arguments)
     logs, results = os.path.join(workdir, "logs"), os.path.join(workdir, "results")
     for folder in (logs, results):
         os.makedirs(folder, exist_ok=True)
@@ -180,4 +294,5 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     print(f"\nTest cases: {len(metrics['cases'])} held-out phantom cases; trainer {DEMO_TRAINER}; {minutes:.1f} min")
     print(markdown_table(metrics))
     print(f"\nResults: {results} (metrics.json/.csv/.md, progress.png, overlays/); logs: {logs}")
+    _write_marker(workdir, True, arguments)
     return metrics

@@ -12,9 +12,14 @@ class PluginUserError(Exception):
     """Base of the errors whose message tells the user what to fix."""
 
 
+def user_error_line(exc: BaseException) -> str:
+    """The one line a user error is shown as (a message that quotes a multi-line tool output stays one line)."""
+    return "nnunet-mem-cif: error: " + " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+
+
 def _print_user_errors(exc_type, exc, traceback, previous=sys.excepthook):
     if issubclass(exc_type, PluginUserError):
-        print(f"nnunet-mem-cif: error: {exc}", file=sys.stderr)
+        print(user_error_line(exc), file=sys.stderr)
     else:
         previous(exc_type, exc, traceback)
 

@@ -8,16 +8,18 @@ T2 / FLAIR), an enhancing rim (bright on T1ce) and a necrotic core (dark on T1ce
 gets its own smooth bias field, noise and a small shift (imperfect co-registration). Labels use BraTS values
 (1 necrotic core, 2 edema, 4 enhancing).
 """
+import math
 import os
-from typing import Dict, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 from tqdm import tqdm
 
-from nnunet_mem_cif.atomic import write_atomically
+from nnunet_mem_cif.atomic import atomic_folder, check_output_folder, write_atomically
 from nnunet_mem_cif.brats import MODALITIES
+from nnunet_mem_cif.errors import PluginUserError
 
 # relative intensity of (CSF, grey matter, white matter, edema, enhancing rim, necrotic core) per modality
 CONTRASTS: Dict[str, Tuple[float, ...]] = {
@@ -26,6 +28,10 @@ CONTRASTS: Dict[str, Tuple[float, ...]] = {
     "t2": (1.00, 0.65, 0.45, 0.95, 0.70, 1.05),
     "flair": (0.15, 0.65, 0.50, 1.15, 0.85, 0.60),
 }
+
+
+class PhantomError(PluginUserError, ValueError):
+    """An argument of ``make-phantom`` no phantom can be made with."""
 
 
 def load_anatomy(spacing: float) -> Dict[str, np.ndarray]:
@@ -93,23 +99,45 @@ def _write(array: np.ndarray, path: str, spacing: float, dtype) -> None:
     write_atomically(path, lambda partial: sitk.WriteImage(image, partial))
 
 
-def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float = 1.0,
-                 prefix: str = "BraTS19_PHANTOM") -> list:
-    """Write ``output_dir/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; returns the case ids."""
+def _holds_only_phantom_cases(output_dir: str, prefix: str) -> bool:
+    """Whether ``output_dir`` looks like an earlier ``make_phantom`` output (HGG/ holding only phantom case folders),
+    the only non-empty folder ``overwrite`` may replace."""
+    hgg = os.path.join(output_dir, "HGG")
+    return os.listdir(output_dir) == ["HGG"] and os.path.isdir(hgg) and all(
+        case.startswith(f"{prefix}_") and os.path.isdir(os.path.join(hgg, case)) for case in os.listdir(hgg))
+
+
+def check_phantom_arguments(num_cases: int, seed: int, spacing: float) -> None:
+    """Refuse arguments no phantom can be made with (NaN and infinity included), before anything is made."""
     if num_cases < 1:
-        raise ValueError("num_cases must be >= 1")
-    if not 0.5 <= spacing <= 8:
-        raise ValueError(f"spacing must be between 0.5 and 8 mm, got {spacing}")
+        raise PhantomError(f"--cases must be at least 1, got {num_cases}")
+    if seed < 0:
+        raise PhantomError(f"--seed must be 0 or more, got {seed}")
+    if not (math.isfinite(spacing) and 0.5 <= spacing <= 8):
+        raise PhantomError(f"--spacing must be between 0.5 and 8 mm, got {spacing}")
+
+
+def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float = 1.0,
+                 prefix: str = "BraTS19_PHANTOM", overwrite: bool = False) -> List[str]:
+    """Write ``output_dir/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; returns the case ids.
+
+    Arguments and ``output_dir`` are checked before anything is made; the folder appears complete or not at all
+    (``atomic_folder``). An earlier phantom there is replaced whole only with ``overwrite``; a folder holding
+    anything else is never written into.
+    """
+    check_phantom_arguments(num_cases, seed, spacing)
+    check_output_folder(output_dir, overwrite, lambda folder: _holds_only_phantom_cases(folder, prefix))
     anatomy = load_anatomy(spacing)
     rng = np.random.default_rng(seed)
     cases = []
-    for i in tqdm(range(num_cases), desc="Making phantom cases", unit="case"):
-        case = f"{prefix}_{i:03d}"
-        folder = os.path.join(output_dir, "HGG", case)
-        os.makedirs(folder, exist_ok=True)
-        labels = make_tumor(anatomy, spacing, rng)
-        for modality, image in synthesise_case(anatomy, labels, spacing, rng).items():
-            _write(image, os.path.join(folder, f"{case}_{modality}.nii.gz"), spacing, np.float32)
-        _write(labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
-        cases.append(case)
+    with atomic_folder(output_dir, overwrite) as partial:
+        for i in tqdm(range(num_cases), desc="Making phantom cases", unit="case"):
+            case = f"{prefix}_{i:03d}"
+            folder = os.path.join(partial, "HGG", case)
+            os.makedirs(folder)
+            labels = make_tumor(anatomy, spacing, rng)
+            for modality, image in synthesise_case(anatomy, labels, spacing, rng).items():
+                _write(image, os.path.join(folder, f"{case}_{modality}.nii.gz"), spacing, np.float32)
+            _write(labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
+            cases.append(case)
     return cases

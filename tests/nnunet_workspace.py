@@ -42,3 +42,14 @@ def make_trainer(name: str, fold: int = 0):
     """A trainer created in-process through nnU-Net's own lookup, as nnUNetv2_train creates it."""
     from nnunetv2.run.run_training import get_trainer_from_args
     return get_trainer_from_args(str(DATASET_ID), "3d_fullres", fold, name, device=torch.device("cpu"))
+
+
+def private_copy(workspace: Workspace, root: str, monkeypatch) -> Workspace:
+    """The workspace's raw and preprocessed dataset copied under ``root``, the environment pointed there: for tests
+    that change data (the session's workspace is shared and never modified in place)."""
+    import shutil
+    copy = Workspace(root)
+    for source, target in ((workspace.raw, copy.raw), (workspace.preprocessed, copy.preprocessed)):
+        shutil.copytree(os.path.join(source, DATASET_NAME), os.path.join(target, DATASET_NAME))
+    copy.set_environment(monkeypatch)
+    return copy

@@ -1,4 +1,6 @@
-"""Tiny 4-modality BraTS-like cases in nnU-Net raw format, generated on the fly (no downloads)."""
+"""Tiny 4-modality BraTS-like cases in nnU-Net raw format (and in the official BraTS 2019 layout), generated on the
+fly (no downloads)."""
+import hashlib
 import json
 import os
 from typing import Tuple
@@ -32,12 +34,6 @@ def make_case(rng: np.random.Generator) -> Tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _write(array: np.ndarray, path: str) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(SPACING)
-    sitk.WriteImage(image, path)
-
-
 def write_dataset(raw_root: str, dataset_id: int, num_labeled: int = 6, num_unlabeled: int = 3, num_test: int = 2,
                   seed: int = 0) -> str:
     """Write DatasetNNN_SynthBraTS with imagesTr/labelsTr, imagesUnlabeled and imagesTs/labelsTs; return its path."""
@@ -52,9 +48,10 @@ def write_dataset(raw_root: str, dataset_id: int, num_labeled: int = 6, num_unla
             images, labels = make_case(rng)
             case = f"{prefix}_{i:03d}"
             for modality in range(4):
-                _write(images[modality], os.path.join(folder, images_dir, f"{case}_{modality:04d}.nii.gz"))
+                write_image(images[modality], os.path.join(folder, images_dir, f"{case}_{modality:04d}.nii.gz"),
+                            SPACING)
             if labels_dir is not None:
-                _write(labels, os.path.join(folder, labels_dir, f"{case}.nii.gz"))
+                write_image(labels, os.path.join(folder, labels_dir, f"{case}.nii.gz"), SPACING)
     dataset_json = {
         "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
         "labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
@@ -65,3 +62,39 @@ def write_dataset(raw_root: str, dataset_id: int, num_labeled: int = 6, num_unla
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=2)
     return folder
+
+
+def write_image(array: np.ndarray, path, spacing=(1.0, 1.0, 1.0), origin=(0.0, 0.0, 0.0), direction=None) -> None:
+    image = sitk.GetImageFromArray(np.asarray(array))
+    image.SetSpacing(spacing)
+    image.SetOrigin(origin)
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, str(path))
+
+
+def make_brats_folder(root, hgg: int, lgg: int, seed: int = 0) -> None:
+    """Random cases in the official layout ``root/{HGG,LGG}/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``."""
+    from nnunet_mem_cif.brats import MODALITIES
+    rng = np.random.default_rng(seed)
+    for grade, count in (("HGG", hgg), ("LGG", lgg)):
+        for i in range(count):
+            case = f"BraTS19_{grade}_{i:03d}"
+            folder = os.path.join(root, grade, case)
+            os.makedirs(folder)
+            for modality in MODALITIES:
+                write_image(rng.normal(size=(6, 7, 8)).astype(np.float32),
+                            os.path.join(folder, f"{case}_{modality}.nii.gz"))
+            write_image(rng.choice(np.array([0, 1, 2, 4], np.uint8), size=(6, 7, 8)),
+                        os.path.join(folder, f"{case}_seg.nii.gz"))
+
+
+def tree_hash(root) -> str:
+    """One digest of every file name and content under ``root``: equal digests, untouched tree."""
+    digest = hashlib.sha256()
+    for folder, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            digest.update(name.encode())
+            with open(os.path.join(folder, name), "rb") as f:
+                digest.update(f.read())
+    return digest.hexdigest()

@@ -71,7 +71,7 @@ def test_benchmark_trainers_need_their_setting(monkeypatch):
 def test_benchmark_refuses_bad_input_in_one_line(workspace, tmp_path):
     result = workspace.run("nnunet-mem-cif", "benchmark", "--dataset-id", str(DATASET_ID), "--output-dir",
                            str(tmp_path / "out"), "--fractions", "1.5", check=False)
-    assert result.returncode == 2 and "fractions must lie in (0, 1)" in result.stderr
+    assert result.returncode == 2 and "fractions must lie in (0, 1]" in result.stderr
     assert "Traceback" not in result.stderr
     (tmp_path / "raw" / "imagesTs").mkdir(parents=True)
     (tmp_path / "pre").mkdir()

@@ -1,5 +1,4 @@
 """BraTS 2019 converter, phantom, and the evaluation (checked against medpy, a test-only dependency)."""
-import hashlib
 import json
 import os
 import subprocess
@@ -12,36 +11,7 @@ from nnunet_mem_cif.brats import BratsConversionError, MODALITIES, brats_to_nnun
     convert_predictions_to_brats, nnunet_to_brats_labels
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import REGIONS_BRATS, evaluate_folders, hd95, region_metrics, write_results
-
-
-def write_image(array: np.ndarray, path: str, spacing=(1.0, 1.0, 1.0)) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    sitk.WriteImage(image, path)
-
-
-def make_brats_folder(root, hgg: int, lgg: int, seed: int = 0) -> None:
-    rng = np.random.default_rng(seed)
-    for grade, count in (("HGG", hgg), ("LGG", lgg)):
-        for i in range(count):
-            case = f"BraTS19_{grade}_{i:03d}"
-            folder = os.path.join(root, grade, case)
-            os.makedirs(folder)
-            for modality in MODALITIES:
-                write_image(rng.normal(size=(6, 7, 8)).astype(np.float32),
-                            os.path.join(folder, f"{case}_{modality}.nii.gz"))
-            write_image(rng.choice(np.array([0, 1, 2, 4], np.uint8), size=(6, 7, 8)),
-                        os.path.join(folder, f"{case}_seg.nii.gz"))
-
-
-def tree_hash(root) -> str:
-    digest = hashlib.sha256()
-    for folder, _, files in sorted(os.walk(root)):
-        for name in sorted(files):
-            digest.update(name.encode())
-            with open(os.path.join(folder, name), "rb") as f:
-                digest.update(f.read())
-    return digest.hexdigest()
+from synthetic_data import make_brats_folder, tree_hash, write_image
 
 
 def test_label_mapping_round_trip():

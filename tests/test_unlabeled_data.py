@@ -9,6 +9,7 @@ from batchgenerators.utilities.file_and_folder_operations import load_json, save
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
 from nnunet_workspace import DATASET_NAME
+from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError, find_unlabeled_cases, load_unlabeled_dataset, \
     manifest_file, unlabeled_folder
 
@@ -159,13 +160,13 @@ def test_bad_unlabeled_case_fails_and_keeps_the_previous_result(workspace, monke
         damaged.SetSpacing(image.GetSpacing())
         sitk.WriteImage(damaged, bad_files[2])
         with pytest.raises(UnlabeledDataError, match=message):
-            preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1)
+            preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1, overwrite=True)
     finally:
         for path in bad_files:
             if os.path.exists(path):
                 os.remove(path)
     assert load_json(manifest_file(base, "nnUNetPlans_3d_fullres")) == manifest_before
-    assert not os.path.exists(unlabeled_folder(base, "nnUNetPlans_3d_fullres") + ".partial")
+    assert not os.path.exists(partial_path(unlabeled_folder(base, "nnUNetPlans_3d_fullres")))
     load_unlabeled_dataset(base, plans_of(base), "3d_fullres")
 
 
@@ -184,6 +185,6 @@ def test_preprocess_unlabeled_never_modifies_the_raw_images(workspace, monkeypat
         return h.hexdigest()
 
     before = digest()
-    folder = preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1)
+    folder = preprocess_unlabeled(DATASET_NAME, "3d_fullres", num_processes=1, overwrite=True)
     assert digest() == before
     assert sorted(load_json(folder + ".json")["cases"]) == ["unl_000", "unl_001", "unl_002"]

@@ -1,4 +1,4 @@
-"""Ablations of the full method (DESIGN §4): the same semi-supervised training without MEM or without CIF."""
+"""Ablations of the full method (docs/design.md §4): the same semi-supervised training without MEM or without CIF."""
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
 
 

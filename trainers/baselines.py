@@ -1,4 +1,4 @@
-"""Semi-supervised baselines of the paper's table (DESIGN §4), on the same SSL machinery as the method."""
+"""Semi-supervised baselines of the paper's table (docs/design.md §4), on the same SSL machinery as the method."""
 from nnunet_mem_cif.ssl.perturbation import GaussianInputNoise
 from nnunet_mem_cif.trainers.semi_supervised import SemiSupervisedTrainer
 

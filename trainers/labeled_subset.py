@@ -18,9 +18,11 @@ class LabeledSubsetMixin:
     labeled_fraction: Optional[float] = None  # set in a variant's __init__
     labeled_subset_seed: int = 12345
     hidden_label_keys: Optional[List[str]] = None
+    validation_keys: Optional[List[str]] = None  # the fold's, kept to check that no hidden-label case is one
 
     def do_split(self):
         tr_keys, val_keys = super().do_split()
+        self.validation_keys = list(val_keys)
         if self.labeled_fraction is None:
             return tr_keys, val_keys
         labeled, hidden = split_labeled_fraction(tr_keys, self.labeled_fraction, self.labeled_subset_seed)

@@ -20,6 +20,7 @@ from batchgeneratorsv2.transforms.utils.compose import ComposeTransforms
 from batchgeneratorsv2.transforms.utils.deep_supervision_downsampling import DownsampleSegForDSTransform
 from batchgeneratorsv2.transforms.utils.nnunet_masking import MaskImageTransform
 from batchgeneratorsv2.transforms.utils.pseudo2d import Convert2DTo3DTransform, Convert3DTo2DTransform
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.loss.deep_supervision import DeepSupervisionWrapper
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.collate_outputs import collate_outputs
@@ -37,7 +38,7 @@ from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
 from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews
 from nnunet_mem_cif.ssl.progress import SemiSupervisedLocalLogger
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledDataError, brain_mask, \
-    load_unlabeled_dataset
+    check_hidden_label_pool, check_unlabeled_sources, load_unlabeled_dataset
 from nnunet_mem_cif.trainers.labeled_subset import LabeledSubsetMixin
 
 # the parts of nnU-Net's training augmentation that both views share (geometry, and zeroing outside the brain)
@@ -75,7 +76,7 @@ def read_checkpoint(path, map_location) -> dict:
 
 
 class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
-    """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (DESIGN §3).
+    """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (docs/design.md §3).
 
     Unlabeled data come from ``get_unlabeled_dataset``: the cases preprocessed by ``nnunet-mem-cif
     preprocess-unlabeled``, or, in benchmark mode (``labeled_fraction`` set), the training cases of the fold whose
@@ -130,14 +131,28 @@ class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
 
     # ---------------------------------------------------------------- data
     def get_unlabeled_dataset(self):
+        """The unlabeled cases, checked before training starts: none may be a training, validation or test case.
+
+        From ``imagesUnlabeled``: the preprocessed set must still be that of the raw folder it was made from, and
+        share no case with imagesTr / imagesTs by name or content (``check_unlabeled_sources``). In benchmark mode:
+        the fold's training cases with hidden labels, none of which may be a validation or test case
+        (``check_hidden_label_pool``).
+        """
         if self.labeled_fraction is None:
-            return load_unlabeled_dataset(self.preprocessed_dataset_folder_base, self.plans_manager,
-                                          self.configuration_name)
+            dataset = load_unlabeled_dataset(self.preprocessed_dataset_folder_base, self.plans_manager,
+                                             self.configuration_name)
+            labeled = infer_dataset_class(self.preprocessed_dataset_folder).get_identifiers(
+                self.preprocessed_dataset_folder)
+            check_unlabeled_sources(self.preprocessed_dataset_folder_base, self.plans_manager,
+                                    self.configuration_name, labeled)
+            return dataset
         if self.hidden_label_keys is None:
             self.do_split()
         if not self.hidden_label_keys:
             raise UnlabeledDataError(f"labeled_fraction={self.labeled_fraction} leaves no training case of fold "
                                      f"{self.fold} unlabeled; use a smaller fraction or more cases.")
+        check_hidden_label_pool(self.plans_manager.dataset_name, self.dataset_json["file_ending"],
+                                self.hidden_label_keys, self.validation_keys or [], self.fold)
         return self.dataset_class(self.preprocessed_dataset_folder, self.hidden_label_keys)
 
     def get_unlabeled_transforms(self, patch_size, rotation_for_DA, deep_supervision_scales, mirror_axes,

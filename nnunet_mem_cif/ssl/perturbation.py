@@ -26,7 +26,7 @@ def shift_with_zero_fill(image: torch.Tensor, offsets: Tuple[int, ...]) -> torch
 
 
 class CrossModalPerturbation(ImageOnlyTransform):
-    """The strong view of DESIGN §3: modality dropout, per-modality intensity jitter, per-modality shift.
+    """The strong view of docs/design.md §3: modality dropout, per-modality intensity jitter, per-modality shift.
 
     Each modality gets its own random gain and offset (in the normalised intensity units nnU-Net trains on) and
     its own small integer translation, which mimics imperfect co-registration; then whole modalities are zeroed
