@@ -53,7 +53,7 @@ def test_mem_works_in_2d():
 
 
 def reference_cif(cif: ComplementaryInformationFusion, x: torch.Tensor) -> torch.Tensor:
-    """DESIGN §2 written out per modality, with explicit loops."""
+    """docs/design.md §2 written out per modality, with explicit loops."""
     m, c = cif.num_modalities, cif.channels_per_modality
     streams = x.view(x.shape[0], m, c, *x.shape[2:])
     a = cif.mixing_weights()
@@ -121,3 +121,64 @@ def test_cif_exchanges_information_between_modalities():
     y = x.clone()
     y[:, 3:] += 1.0  # change modality 1 only
     assert not torch.allclose(cif(x)[:, :3], cif(y)[:, :3])  # modality 0 sees it
+
+
+def test_cif_computes_mixture_and_gate_as_one_stacked_weight():
+    """``exchange_weight`` is ``[A kron I_c ; W_struct]``: applied to the streams it gives C and the gate's
+    pre-activation of the per-modality formula."""
+    torch.manual_seed(0)
+    cif = ComplementaryInformationFusion(num_modalities=3, channels_per_modality=4).double()
+    with torch.no_grad():
+        cif.mixing_logits.normal_()
+    weight = cif.exchange_weight()
+    assert weight.shape == (24, 12)
+    x = torch.randn(2, 12, 5, dtype=torch.double)
+    mixture, pre_gate = torch.einsum("oc,bcv->bov", weight, x).chunk(2, dim=1)
+    streams, a = x.view(2, 3, 4, 5), cif.mixing_weights()
+    for m in range(3):
+        expected = sum(a[m, n] * streams[:, n] for n in range(3) if n != m)
+        torch.testing.assert_close(mixture[:, 4 * m:4 * m + 4], expected)
+        expected_pre = (torch.einsum("oc,bcv->bov", cif.gate_weight_self[m], streams[:, m])
+                        + torch.einsum("oc,bcv->bov", cif.gate_weight_other[m], expected))
+        torch.testing.assert_close(pre_gate[:, 4 * m:4 * m + 4], expected_pre)
+
+
+def saved_tensor_sizes(function, *inputs) -> list:
+    """Element counts of the tensors autograd keeps for the backward pass of ``function(*inputs)``."""
+    sizes = []
+
+    def pack(tensor):
+        sizes.append(tensor.numel())
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        function(*inputs)
+    return sizes
+
+
+@pytest.mark.parametrize("with_mem_scale", [False, True])
+def test_cif_keeps_one_input_sized_tensor_for_backward(with_mem_scale):
+    cif = ComplementaryInformationFusion(num_modalities=4, channels_per_modality=8)
+    x = torch.randn(2, 32, 12, 12, 12, requires_grad=True)
+    scale = torch.rand(2, 32, 1, 1, 1, requires_grad=True) if with_mem_scale else None
+    sizes = saved_tensor_sizes(lambda: cif(x, channel_scale=scale))
+    large = [s for s in sizes if s >= x.numel()]
+    assert large == [x.numel()]  # x itself; mixture, gate and MEM-scaled features are recomputed
+    assert sum(sizes) - x.numel() < 0.05 * x.numel()  # the rest: the small parameters and what builds the weight
+
+
+def test_cif_small_parameter_gradients_accumulate_in_fp32():
+    """Half-precision features (as under AMP), many voxels: the bias gradient, a sum over every voxel, comes back
+    as the fp32 sum; a half-precision sum of 2**16 ones would stop growing at 2048."""
+    cif = ComplementaryInformationFusion(num_modalities=2, channels_per_modality=1)
+    with torch.no_grad():
+        cif.mixing_logits.zero_()
+        cif.gate_weight_self.zero_()
+        cif.gate_weight_other.zero_()
+        cif.gate_bias.zero_()  # gate 0.5, d(gate)/d(bias) = 0.25
+    x = torch.ones(1, 2, 2 ** 16, dtype=torch.bfloat16 if not torch.cuda.is_available() else torch.float16)
+    out = cif(x)
+    out.backward(torch.ones_like(out))
+    # d out / d bias = C * gate * (1 - gate) summed over voxels = 1 * 0.25 * 2**16
+    torch.testing.assert_close(cif.gate_bias.grad, torch.full((2,), 0.25 * 2 ** 16))
+    assert cif.gate_bias.grad.dtype == torch.float32
