@@ -13,7 +13,7 @@ from torch.nn.modules.conv import _ConvNd
 from torch.nn.modules.dropout import _DropoutNd
 
 from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
-from nnunet_mem_cif.architectures.grouped_conv import grouped_conv_op
+from nnunet_mem_cif.architectures.grouped_conv import check_stream_formulation, grouped_conv_op
 from nnunet_mem_cif.architectures.mem import ModalitySpecificEnhancement
 
 IntOrSeq = Union[int, List[int], Tuple[int, ...]]
@@ -31,10 +31,15 @@ class MemCifEncoder(nn.Module):
 
     Stream m of stage s has ``round(features_per_stage[s] * stream_width)`` channels and sees only modality m until
     CIF lets the streams exchange information. The skip handed to the decoder is a 1x1 convolution of the
-    concatenated streams back to the plans' width (DESIGN §2; no norm / nonlinearity: the decoder's first
+    concatenated streams back to the plans' width (no norm / nonlinearity: the decoder's first
     conv-norm-nonlin follows right after the concatenation, and two fewer full-size tensors are kept for the
     backward pass), so ``output_channels``, ``strides``, ``conv_op`` ... are exactly
     those of nnU-Net's PlainConvEncoder and dynamic_network_architectures' UNetDecoder can be used unchanged.
+
+    ``stream_formulation`` (one of STREAM_FORMULATIONS) picks how the streams' convolutions are computed: one grouped
+    convolution, M convolutions on channel chunks, or one dense convolution with a block-diagonal weight. The maths,
+    the parameters and the state-dict keys are the same in all three (only the speed differs by device), so a
+    checkpoint trained with one loads into the others.
     """
 
     def __init__(self, input_channels: int, n_stages: int, features_per_stage: IntOrSeq, conv_op: Type[_ConvNd],
@@ -42,12 +47,14 @@ class MemCifEncoder(nn.Module):
                  norm_op: Union[None, Type[nn.Module]] = None, norm_op_kwargs: dict = None,
                  dropout_op: Union[None, Type[_DropoutNd]] = None, dropout_op_kwargs: dict = None,
                  nonlin: Union[None, Type[nn.Module]] = None, nonlin_kwargs: dict = None, nonlin_first: bool = False,
-                 use_mem: bool = True, use_cif: bool = True, stream_width: float = 0.5, mem_reduction: int = 4):
+                 use_mem: bool = True, use_cif: bool = True, stream_width: float = 0.5, mem_reduction: int = 4,
+                 stream_formulation: str = "grouped"):
         super().__init__()
         if input_channels < 1:
             raise ValueError(f"input_channels (number of modalities) must be >= 1, got {input_channels}")
         if stream_width <= 0:
             raise ValueError(f"stream_width must be > 0, got {stream_width}")
+        self.stream_formulation = check_stream_formulation(stream_formulation)
         features_per_stage = _per_stage(features_per_stage, n_stages, "features_per_stage")
         kernel_sizes = _per_stage(kernel_sizes, n_stages, "kernel_sizes")
         strides = _per_stage(strides, n_stages, "strides")
@@ -55,7 +62,8 @@ class MemCifEncoder(nn.Module):
 
         self.num_modalities = m = input_channels
         self.stream_channels = [max(1, int(round(f * stream_width))) for f in features_per_stage]
-        stream_conv_op = grouped_conv_op(conv_op, m)
+        # every convolution of the streams; MEM's tiny 1x1 convolutions on pooled vectors stay grouped
+        stream_conv_op = grouped_conv_op(conv_op, m, stream_formulation)
 
         stages, mems, cifs, fusions = [], [], [], []
         in_per_modality = 1
@@ -115,7 +123,8 @@ class MemCifUNet(AbstractDynamicNetworkArchitectures):
     """nnU-Net network for multi-modal input: ``decoder(encoder(x))`` with a MemCifEncoder.
 
     Takes exactly the keyword arguments of dynamic_network_architectures' PlainConvUNet plus ``use_mem``,
-    ``use_cif`` and ``stream_width``, so that nnU-Net plans or ``get_network_from_plans`` can name it.
+    ``use_cif``, ``stream_width`` and ``stream_formulation`` (see MemCifEncoder), so that nnU-Net plans or
+    ``get_network_from_plans`` can name it.
     ``input_channels`` is the number of modalities M (M = 1 works: one stream, no exchange).
     """
 
@@ -126,17 +135,20 @@ class MemCifUNet(AbstractDynamicNetworkArchitectures):
                  dropout_op: Union[None, Type[_DropoutNd]] = None, dropout_op_kwargs: dict = None,
                  nonlin: Union[None, Type[nn.Module]] = None, nonlin_kwargs: dict = None,
                  deep_supervision: bool = False, nonlin_first: bool = False,
-                 use_mem: bool = True, use_cif: bool = True, stream_width: float = 0.5):
+                 use_mem: bool = True, use_cif: bool = True, stream_width: float = 0.5,
+                 stream_formulation: str = "grouped"):
         super().__init__()
         self.key_to_encoder = "encoder.stages"
         self.key_to_stem = "encoder.stages.0"
         self.keys_to_in_proj = ("encoder.stages.0.convs.0.conv", "encoder.stages.0.convs.0.all_modules.0")
         n_conv_per_stage_decoder = _per_stage(n_conv_per_stage_decoder, n_stages - 1, "n_conv_per_stage_decoder")
         self.use_mem, self.use_cif, self.stream_width = use_mem, use_cif, stream_width
+        self.stream_formulation = stream_formulation
         self.encoder = MemCifEncoder(input_channels, n_stages, features_per_stage, conv_op, kernel_sizes, strides,
                                      n_conv_per_stage, conv_bias, norm_op, norm_op_kwargs, dropout_op,
                                      dropout_op_kwargs, nonlin, nonlin_kwargs, nonlin_first,
-                                     use_mem=use_mem, use_cif=use_cif, stream_width=stream_width)
+                                     use_mem=use_mem, use_cif=use_cif, stream_width=stream_width,
+                                     stream_formulation=stream_formulation)
         self.decoder = UNetDecoder(self.encoder, num_classes, n_conv_per_stage_decoder, deep_supervision,
                                    nonlin_first=nonlin_first)
 

@@ -13,9 +13,17 @@ table of ratios against nnU-Net (``nnUNetTrainer`` / PlainConvUNet) with the tar
 
 Timings are medians over ``--repeats`` interleaved runs (A, B, A, B, ...): compare ratios, not seconds, on a noisy
 machine. Without ``--dataset-id`` a phantom dataset is made, planned and preprocessed in the work folder first.
+``--sections`` picks what to measure (all four by default).
+
+Measured as nnU-Net trains (see network_benchmark.py): ``cudnn.benchmark = True`` in this process and in every fresh
+one; the network section runs network_benchmark's ForwardBackward (fp16 autocast + GradScaler on CUDA); the trainers'
+own train_step does the same; ``--compile`` compiles the networks of the network section and switches nnU-Net's
+compilation of the trainers on (``nnUNet_compile``; nnU-Net compiles only on CUDA), and without it both run eager.
+The printed header names these settings.
 
     python benchmarks/cost_benchmark.py --workdir cost_benchmark                  # CPU: 2 mm phantom
-    python benchmarks/cost_benchmark.py --workdir cost_benchmark --device cuda --spacing 1
+    python benchmarks/cost_benchmark.py --workdir cost_benchmark --device cuda --spacing 1 --compile
+    python benchmarks/cost_benchmark.py --workdir /tmp/cost --device cuda --sections step --cases 6 --repeats 2
 """
 import argparse
 import itertools
@@ -27,16 +35,17 @@ from functools import partial
 from typing import Dict, List, Tuple
 
 import torch
-from network_benchmark import forward_backward
+from network_benchmark import ForwardBackward, apply_training_settings, maybe_compile, peak_memory_of, settings_header
 
 from nnunet_mem_cif.demo import nnunet_environment, prepare_phantom_dataset
-from nnunet_mem_cif.measure import PeakMemory, in_fresh_process, interleaved_seconds, timed
+from nnunet_mem_cif.measure import in_fresh_process, interleaved_seconds, timed
 
 BASELINE = "nnUNetTrainer"
 METHOD = "MemCifSemiTrainer"
 COST_DATASET_ID = 992
 COST_DATASET_NAME = "CostPhantom"
 CONFIGURATION = "3d_fullres"
+SECTIONS = ("network", "step", "data", "inference")
 TARGETS = {"network fwd+bwd time": 1.3, "network peak memory": 1.5, "training step time": 2.3,
            "training step peak memory": 1.5, "inference time per case": 1.3}
 
@@ -79,34 +88,34 @@ def load_dataset_json(dataset: str) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- fresh-process probes
-def network_peak_memory_mib(dataset: str, trainer_name: str, device_name: str) -> float:
+def network_peak_memory_mib(dataset: str, trainer_name: str, device_name: str, compile_network: bool = False) -> float:
+    """In a fresh process, under the same settings as the timings (network_benchmark.peak_memory_of)."""
+    apply_training_settings()
     device = torch.device(device_name)
     network, batch_size, patch_size = build_network(dataset, trainer_name, device)
     batch = torch.randn(batch_size, len(load_dataset_json(dataset)["channel_names"]), *patch_size, device=device)
-    with PeakMemory(device) as peak:
-        forward_backward(network, batch)
-    return peak.mib
+    return peak_memory_of(partial(ForwardBackward(maybe_compile(network, compile_network), device), batch), device)
 
 
 def training_step_peak_memory_mib(dataset: str, trainer_name: str, device_name: str) -> float:
+    """In a fresh process; compilation follows ``nnUNet_compile``, which the process inherits."""
+    apply_training_settings()
     trainer = make_trainer(dataset, trainer_name, torch.device(device_name))
-    batch = next(trainer.dataloader_train)
+    batches = iter([next(trainer.dataloader_train) for _ in range(2)])
     try:
-        with PeakMemory(trainer.device) as peak:
-            trainer.train_step(batch)
+        return peak_memory_of(lambda: trainer.train_step(next(batches)), trainer.device)
     finally:
         trainer.on_train_end()
-    return peak.mib
 
 
 # ---------------------------------------------------------------------------------------------- sections
-def measure_network(dataset: str, names: List[str], device: torch.device,
-                    repeats: int) -> Tuple[Dict[str, List[float]], int, List[int]]:
+def measure_network(dataset: str, names: List[str], device: torch.device, repeats: int,
+                    compile_network: bool = False) -> Tuple[Dict[str, List[float]], int, List[int]]:
     """Interleaved forward+backward times of each trainer's network, and the plans' batch and patch size."""
     networks = {name: build_network(dataset, name, device) for name in names}
     _, batch_size, patch_size = networks[names[0]]
     batch = torch.randn(batch_size, len(load_dataset_json(dataset)["channel_names"]), *patch_size, device=device)
-    times = interleaved_seconds({name: partial(forward_backward, network, batch)
+    times = interleaved_seconds({name: partial(ForwardBackward(maybe_compile(network, compile_network), device), batch)
                                  for name, (network, _, _) in networks.items()}, repeats, device)
     return times, batch_size, patch_size
 
@@ -219,71 +228,104 @@ def main() -> None:
                         help="an already planned and preprocessed dataset (3d_fullres) in the work folder's "
                              "nnUNet_preprocessed, with preprocess-unlabeled done; default: make a phantom one")
     parser.add_argument("--spacing", type=float, default=2.0, help="phantom voxel size in mm (default 2)")
+    parser.add_argument("--cases", type=int, default=8, help="phantom cases (default 8: 6 training, 2 test)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the networks and let nnU-Net compile the trainers' networks "
+                             "(nnUNet_compile=1; nnU-Net's default on CUDA); otherwise everything runs eager")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--prepare-only", action="store_true",
+                        help="make, plan and preprocess the phantom dataset, then stop (it can run on the CPU while "
+                             "other work uses the GPU)")
     parser.add_argument("--trainers", nargs="+", default=[BASELINE, "MemCifTrainer_noSSL", "MeanTeacherTrainer",
                                                           METHOD],
                         help=f"trainers timed in the training-step section; {BASELINE} and {METHOD} always")
     args = parser.parse_args()
 
+    apply_training_settings()
     device = torch.device(args.device)
     workdir = os.path.abspath(args.workdir)
     env = nnunet_environment(workdir, device.type)
+    env["nnUNet_compile"] = "1" if args.compile else "0"  # inherited by the fresh processes too
     os.environ.update({k: v for k, v in env.items() if k.startswith("nnUNet")})  # before nnU-Net reads its paths
     dataset = args.dataset_id
     if dataset is None:
         dataset = str(COST_DATASET_ID)
         if not os.path.isdir(os.path.join(env["nnUNet_preprocessed"], f"Dataset{COST_DATASET_ID}_{COST_DATASET_NAME}",
                                           "nnUNetPlans_3d_fullres_unlabeled")):
-            prepare_phantom_dataset(workdir, COST_DATASET_ID, COST_DATASET_NAME, num_cases=8, spacing=args.spacing,
-                                    labeled_fraction=0.5, test_fraction=0.25, seed=0, env=env)
+            prepare_phantom_dataset(workdir, COST_DATASET_ID, COST_DATASET_NAME, num_cases=args.cases,
+                                    spacing=args.spacing, labeled_fraction=0.5, test_fraction=0.25, seed=0, env=env)
+    if args.prepare_only:
+        print(f"dataset {dataset} prepared in {workdir}")
+        return
     names = list(dict.fromkeys([BASELINE] + args.trainers + [METHOD]))
+    sections = set(args.sections)
     started = time.time()
-
-    print("network forward+backward ...", flush=True)
-    network_times, batch_size, patch_size = measure_network(dataset, [BASELINE, METHOD], device, args.repeats)
-    network_memory = {name: in_fresh_process(network_peak_memory_mib, dataset, name, device.type)
-                      for name in (BASELINE, METHOD)}
-    print("training step ...", flush=True)
-    step_memory = {name: in_fresh_process(training_step_peak_memory_mib, dataset, name, device.type)
-                   for name in (BASELINE, METHOD)}
-    trainers = {name: make_trainer(dataset, name, device) for name in names}
-    half = max(1, trainers[METHOD].batch_size // 2)
-    half_name = f"{METHOD} with unlabeled_batch_size={half}"
-    trainers[half_name] = make_trainer(dataset, METHOD, device, unlabeled_batch_size=half)
-    step_times = measure_training_steps(trainers, args.repeats)
-    trainers.pop(half_name).on_train_end()
-    print("data loading ...", flush=True)
-    data = measure_data(trainers[METHOD], steps=max(3, args.repeats))
-    for name in names:
-        if name not in (BASELINE, METHOD):
-            trainers[name].on_train_end()  # stop their loader workers
-    print("inference ...", flush=True)
-    inference_times = measure_inference(dataset, {n: trainers[n] for n in (BASELINE, METHOD)}, device,
-                                        max(1, args.repeats - 1))
-
     median = statistics.median
-    print(f"\ndataset {dataset}, {CONFIGURATION}, batch {batch_size} x patch {tuple(patch_size)}, device {device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads, nnUNet_n_proc_DA "
-          f"{os.environ.get('nnUNet_n_proc_DA')}; medians of {args.repeats} interleaved runs; "
-          f"{(time.time() - started) / 60:.1f} min\n")
+    rows = []
+
+    if "network" in sections:
+        print("network forward+backward ...", flush=True)
+        network_times, batch_size, patch_size = measure_network(dataset, [BASELINE, METHOD], device, args.repeats,
+                                                                args.compile)
+        network_memory = {name: in_fresh_process(network_peak_memory_mib, dataset, name, device.type, args.compile)
+                          for name in (BASELINE, METHOD)}
+        rows.append(ratio_row("network fwd+bwd time", "s", median(network_times[BASELINE]),
+                              median(network_times[METHOD]), METHOD))
+        rows.append(ratio_row("network peak memory", "MiB", network_memory[BASELINE], network_memory[METHOD], METHOD))
+
+    trainers, step_times = {}, {}
+    if sections & {"step", "data", "inference"}:
+        trainers = {name: make_trainer(dataset, name, device) for name in names}
+        batch_size = trainers[BASELINE].batch_size
+        patch_size = list(trainers[BASELINE].configuration_manager.patch_size)
+    try:
+        if "step" in sections:
+            print("training step ...", flush=True)
+            step_memory = {name: in_fresh_process(training_step_peak_memory_mib, dataset, name, device.type)
+                           for name in (BASELINE, METHOD)}
+            half = max(1, trainers[METHOD].batch_size // 2)
+            half_name = f"{METHOD} with unlabeled_batch_size={half}"
+            trainers[half_name] = make_trainer(dataset, METHOD, device, unlabeled_batch_size=half)
+            step_times = measure_training_steps(trainers, args.repeats)
+            trainers.pop(half_name).on_train_end()
+            for name in names[1:] + [half_name]:
+                what = "training step time" if name == METHOD else "training step time (for comparison)"
+                rows.append(ratio_row(what, "s", median(step_times[BASELINE]), median(step_times[name]), name))
+            rows.append(ratio_row("training step peak memory", "MiB", step_memory[BASELINE], step_memory[METHOD],
+                                  METHOD))
+        data = None
+        if "data" in sections:
+            print("data loading ...", flush=True)
+            data = measure_data(trainers[METHOD], steps=max(3, args.repeats))
+        for name in names:
+            if name not in (BASELINE, METHOD) or "inference" not in sections:
+                trainers.pop(name).on_train_end()  # stop their loader workers
+        if "inference" in sections:
+            print("inference ...", flush=True)
+            inference_times = measure_inference(dataset, trainers, device, max(1, args.repeats - 1))
+            trainers = {}
+            rows.append(ratio_row("inference time per case", "s", median(inference_times[BASELINE]),
+                                  median(inference_times[METHOD]), METHOD))
+    finally:
+        for trainer in trainers.values():
+            trainer.on_train_end()
+
+    print(f"\n{settings_header(device, args.compile)}, nnUNet_compile {os.environ['nnUNet_compile']}")
+    print(f"dataset {dataset}, {CONFIGURATION}, batch {batch_size} x patch {tuple(patch_size)}, "
+          f"nnUNet_n_proc_DA {os.environ.get('nnUNet_n_proc_DA')}; sections {', '.join(args.sections)}; medians of "
+          f"{args.repeats} interleaved runs; {(time.time() - started) / 60:.1f} min\n")
     print(f"| measurement | trainer | {BASELINE} | trainer's | ratio | target |")
     print("|---|---|---|---|---|---|")
-    print(ratio_row("network fwd+bwd time", "s", median(network_times[BASELINE]), median(network_times[METHOD]),
-                    METHOD))
-    print(ratio_row("network peak memory", "MiB", network_memory[BASELINE], network_memory[METHOD], METHOD))
-    for name in names[1:] + [half_name]:
-        what = "training step time" if name == METHOD else "training step time (for comparison)"
-        print(ratio_row(what, "s", median(step_times[BASELINE]), median(step_times[name]), name))
-    print(ratio_row("training step peak memory", "MiB", step_memory[BASELINE], step_memory[METHOD], METHOD))
-    print(ratio_row("inference time per case", "s", median(inference_times[BASELINE]),
-                    median(inference_times[METHOD]), METHOD))
-    consumption = 1 / median(step_times[METHOD])
-    print(f"\nunlabeled loader alone: {data['unlabeled batches/s alone']:.2f} batches/s from {data['workers']} "
-          f"worker process(es) vs {consumption:.3f} consumed per second by {METHOD}'s step "
-          f"({data['unlabeled batches/s alone'] / consumption:.1f}x); "
-          f"with live loaders {data['waiting share']:.0%} of a step ({data['live step s']:.2f} s) is spent waiting "
-          f"for batches")
+    print("\n".join(rows))
+    if data is not None:
+        consumption = 1 / median(step_times[METHOD]) if step_times else data["live step s"] ** -1
+        print(f"\nunlabeled loader alone: {data['unlabeled batches/s alone']:.2f} batches/s from {data['workers']} "
+              f"worker process(es) vs {consumption:.3f} consumed per second by {METHOD}'s step "
+              f"({data['unlabeled batches/s alone'] / consumption:.1f}x); "
+              f"with live loaders {data['waiting share']:.0%} of a step ({data['live step s']:.2f} s) is spent "
+              f"waiting for batches")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Where MemCifUNet's extra forward+backward time goes: torch.profiler, self time per operator, side by side with
-nnU-Net's PlainConvUNet (same BraTS-like plans kwargs as network_benchmark.py).
+nnU-Net's PlainConvUNet (same BraTS-like plans kwargs and the same training settings as network_benchmark.py:
+cudnn.benchmark, fp16 autocast + GradScaler on CUDA, ``--compile``).
 
     python benchmarks/profile_network.py --patch 64 64 64
 """
@@ -10,15 +11,17 @@ import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 from torch.profiler import ProfilerActivity, profile
 
-from network_benchmark import brats_like_kwargs, forward_backward
+from network_benchmark import ForwardBackward, apply_training_settings, brats_like_kwargs, maybe_compile, \
+    settings_header
 from nnunet_mem_cif.architectures import MemCifUNet
 
 
 def self_seconds_by_operator(network: torch.nn.Module, batch: torch.Tensor) -> dict:
-    forward_backward(network, batch)  # warm-up
+    step = ForwardBackward(network, batch.device)
+    step(batch)  # warm-up (cuDNN autotuning, compilation)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if batch.is_cuda else [])
     with profile(activities=activities) as prof:
-        forward_backward(network, batch)
+        step(batch)
     totals = defaultdict(float)
     for event in prof.key_averages():
         device_time = getattr(event, "self_device_time_total", 0) if batch.is_cuda else 0
@@ -32,13 +35,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--rows", type=int, default=12)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both networks (nnU-Net's CUDA default)")
     args = parser.parse_args()
+    apply_training_settings()
     torch.manual_seed(0)
     device = torch.device(args.device)
     kwargs = brats_like_kwargs(4, 3)
     batch = torch.randn(args.batch, 4, *args.patch, device=device)
-    plain = self_seconds_by_operator(PlainConvUNet(**kwargs).to(device), batch)
-    ours = self_seconds_by_operator(MemCifUNet(**kwargs).to(device), batch)
+    plain = self_seconds_by_operator(maybe_compile(PlainConvUNet(**kwargs).to(device), args.compile), batch)
+    ours = self_seconds_by_operator(maybe_compile(MemCifUNet(**kwargs).to(device), args.compile), batch)
+    print(settings_header(device, args.compile))
     print(f"device {device}, batch {args.batch} x 4 x {tuple(args.patch)}: total self time PlainConvUNet "
           f"{sum(plain.values()):.2f} s, MemCifUNet {sum(ours.values()):.2f} s")
     print("| operator | PlainConvUNet [s] | MemCifUNet [s] | extra [s] |\n|---|---|---|---|")
