@@ -11,17 +11,19 @@ Reads a finished ``nnunet-mem-cif benchmark`` folder (its runs/ hold nnU-Net's r
    moved cannot explain a difference.
 
     python benchmarks/diagnose_table.py WORK/table          # WORK as given to benchmarks/phantom_table.sh
+    python benchmarks/diagnose_table.py --checkpoint FOLD_FOLDER/checkpoint_final.pth   # any one training, e.g. the
+                                                                                        # demo's: CIF per stage
 """
 import argparse
 import json
 import os
 import statistics
 import sys
-from typing import Optional
+from typing import List, Optional, Tuple
 
 import torch
 
-from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
+from nnunet_mem_cif.architectures.cif import INITIAL_GATE_BIAS, ComplementaryInformationFusion
 from nnunet_mem_cif.benchmark import METHODS, Run, fold_folder, load_records
 from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
@@ -48,12 +50,12 @@ def last_epochs_mean(log: dict, key: str) -> Optional[float]:
     return statistics.mean(values[-LAST_EPOCHS:]) if values else None
 
 
-def cif_drift(weights: dict) -> Optional[str]:
-    """Largest deviation of the mixing weights from uniform and mean gate-bias change, over the encoder stages."""
-    stages = sorted({k.rsplit(".", 1)[0] for k in weights if k.startswith("encoder.cif.")})
-    if not stages:
-        return None
-    mixing_change, bias_change = [], []
+def cif_stage_drift(weights: dict) -> List[Tuple[float, float, float]]:
+    """Per encoder stage with CIF: (largest change of a mixing weight from the uniform start, mean and largest
+    absolute change of the gate biases from their initial value)."""
+    stages = sorted({k.rsplit(".", 1)[0] for k in weights if k.startswith("encoder.cif.")},
+                    key=lambda stage: int(stage.rsplit(".", 1)[1]))
+    drift = []
     for stage in stages:
         state = {k[len(stage) + 1:]: v.float() for k, v in weights.items() if k.startswith(stage + ".")}
         num_modalities, channels = state["gate_weight_self"].shape[:2]
@@ -61,10 +63,36 @@ def cif_drift(weights: dict) -> Optional[str]:
         trained = ComplementaryInformationFusion(num_modalities, channels)
         trained.load_state_dict(state)
         with torch.no_grad():
-            mixing_change.append((trained.mixing_weights() - fresh.mixing_weights()).abs().max().item())
-            bias_change.append((trained.gate_bias - fresh.gate_bias).mean().item())
-    return (f"mixing {max(mixing_change):.3f} from uniform (max), "
-            f"gate bias {statistics.mean(bias_change):+.3f} from {fresh.initial_gate_bias:g} (mean)")
+            bias_change = trained.gate_bias - fresh.gate_bias
+            drift.append(((trained.mixing_weights() - fresh.mixing_weights()).abs().max().item(),
+                          bias_change.mean().item(), bias_change.abs().max().item()))
+    return drift
+
+
+def cif_drift(weights: dict) -> Optional[str]:
+    """Largest deviation of the mixing weights from uniform and mean gate-bias change, over the encoder stages."""
+    drift = cif_stage_drift(weights)
+    if not drift:
+        return None
+    return (f"mixing {max(d[0] for d in drift):.3f} from uniform (max), "
+            f"gate bias {statistics.mean(d[1] for d in drift):+.3f} from "
+            f"{INITIAL_GATE_BIAS:g} (mean)")
+
+
+def print_checkpoint(path: str) -> int:
+    """CIF per stage of one training's checkpoint: did mixing and gates leave their initial values?"""
+    checkpoint = read_checkpoint(path, "cpu")
+    drift = cif_stage_drift(checkpoint["network_weights"])
+    if not drift:
+        print(f"{path}: the network has no CIF", file=sys.stderr)
+        return 1
+    print(f"{path} ({checkpoint.get('trainer_name')}, epoch {checkpoint.get('current_epoch')}): CIF against its "
+          f"initial state (mixing weights uniform, gate bias {INITIAL_GATE_BIAS:g})")
+    print("| encoder stage | mixing weight change (max) | gate bias change (mean) | gate bias change (max abs) |")
+    print("|---|---|---|---|")
+    for stage, (mixing, bias_mean, bias_max) in enumerate(drift):
+        print(f"| {stage} | {mixing:.4f} | {bias_mean:+.4f} | {bias_max:.4f} |")
+    return 0
 
 
 def fmt(value: Optional[float], digits: int = 3) -> str:
@@ -73,8 +101,13 @@ def fmt(value: Optional[float], digits: int = 3) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output_dir", help="the --output-dir of nnunet-mem-cif benchmark")
+    parser.add_argument("output_dir", nargs="?", help="the --output-dir of nnunet-mem-cif benchmark")
+    parser.add_argument("--checkpoint", help="instead: one checkpoint of a MemCifUNet trainer")
     args = parser.parse_args()
+    if args.checkpoint:
+        return print_checkpoint(args.checkpoint)
+    if not args.output_dir:
+        parser.error("give a benchmark output folder or --checkpoint")
     records = load_records(args.output_dir)
     if not records:
         print(f"no finished runs in {args.output_dir}/runs", file=sys.stderr)

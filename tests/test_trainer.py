@@ -157,3 +157,32 @@ def test_one_semi_supervised_training_step(trainer_env, name, network_class, per
         assert any(moved)
     finally:
         trainer.on_train_end()
+
+
+def test_mem_and_cif_train_in_their_own_groups_and_resume_with_them(trainer_env, tmp_path):
+    """nnU-Net's configure_optimizers, two groups more: MEM and CIF at mem_lr_multiplier / cif_lr_multiplier x lr,
+    no weight decay; the groups (and their scales) survive a checkpoint round trip, and the schedule scales them."""
+    from nnunet_mem_cif.architectures import ComplementaryInformationFusion, ModalitySpecificEnhancement
+    trainer = make_trainer("MemCifSemiTrainer_debug")
+    trainer.initialize()
+    rest, mem, cif = trainer.optimizer.param_groups
+    for group, module_type, multiplier in ((mem, ModalitySpecificEnhancement, trainer.mem_lr_multiplier),
+                                           (cif, ComplementaryInformationFusion, trainer.cif_lr_multiplier)):
+        expected = {id(p) for m in trainer.network.modules() if isinstance(m, module_type) for p in m.parameters()}
+        assert {id(p) for p in group["params"]} == expected
+        assert group["weight_decay"] == 0 and group["lr_scale"] == multiplier
+    assert rest["weight_decay"] == trainer.weight_decay
+    trainer.lr_scheduler.step(1)
+    assert rest["lr"] < trainer.initial_lr
+    assert cif["lr"] == pytest.approx(trainer.cif_lr_multiplier * rest["lr"])
+    path = str(tmp_path / "checkpoint.pth")
+    trainer.save_checkpoint(path)
+    restored = make_trainer("MemCifSemiTrainer_debug")
+    restored.load_checkpoint(path)
+    assert [g["lr_scale"] for g in restored.optimizer.param_groups] == [1.0, trainer.mem_lr_multiplier,
+                                                                        trainer.cif_lr_multiplier]
+    restored.lr_scheduler.step(1)
+    assert restored.optimizer.param_groups[2]["lr"] == pytest.approx(cif["lr"])
+    supervised = make_trainer("nnUNetTrainer")
+    supervised.initialize()
+    assert len(supervised.optimizer.param_groups) == 1  # nnU-Net's own trainer is untouched

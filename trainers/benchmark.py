@@ -1,4 +1,4 @@
-"""The six rows of the paper's table (DESIGN §4) as ``nnunet-mem-cif benchmark`` trains them.
+"""The six rows of the paper's table (docs/design.md §4) as ``nnunet-mem-cif benchmark`` trains them.
 
 nnUNetv2_train has no flags for a labeled fraction, a schedule or a seed, so the command passes them in the
 environment variable ``NNUNET_MEM_CIF_BENCHMARK`` (JSON); these trainers refuse to start without it. Everything
@@ -42,7 +42,9 @@ def benchmark_setting() -> dict:
 class BenchmarkRun:
     """Mixin, first base: labeled fraction, schedule and seed of one benchmark run. The seed picks the labeled
     cases (the same for every method at that fraction) and seeds torch and numpy before the network is built.
-    Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250)."""
+    Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250). Optional
+    ``mem_lr_multiplier`` / ``cif_lr_multiplier`` keys override the MEM/CIF rows' multipliers
+    (benchmarks/choose_fusion_lr.py compares them on validation folds)."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -55,6 +57,12 @@ class BenchmarkRun:
         self.num_epochs = int(setting["epochs"])
         self.num_iterations_per_epoch = int(setting["iterations_per_epoch"])
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+        for key in ("mem_lr_multiplier", "cif_lr_multiplier"):
+            if key in setting:
+                if not hasattr(self, key):
+                    raise PluginUserError(f"{type(self).__name__} has no MEM/CIF optimizer groups: {key} does not "
+                                          f"apply to it")
+                setattr(self, key, float(setting[key]))
 
 
 class nnUNetTrainer_benchmark(BenchmarkRun, LabeledSubsetMixin, nnUNetTrainer):
