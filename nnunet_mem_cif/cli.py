@@ -102,8 +102,16 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse, but a malformed command line ends like every other user error: one line, exit 2 (argparse prints
+    the whole usage text first). ``--help`` still shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nnunet-mem-cif", description=__doc__)
+    parser = OneLineArgumentParser(prog="nnunet-mem-cif", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
     env = sub.add_parser("env", help="print the export line that lets nnU-Net find this plugin's trainers",

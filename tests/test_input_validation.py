@@ -66,6 +66,16 @@ def test_the_installed_command_ends_a_user_error_with_one_line_and_exit_code_2(t
     assert os.listdir(tmp_path) == []
 
 
+@pytest.mark.parametrize("argv", [["demo", "--cases", "abc"], ["make-phantom"], ["no-such-command"],
+                                  ["benchmark", "--dataset-id", "x", "--output-dir", "o"]])
+def test_a_malformed_command_line_ends_with_one_line_and_exit_code_2(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and ": error: " in err and "--help" in err, err
+
+
 def test_user_errors_are_printed_as_one_line():
     assert user_error_line(PluginUserError("first\n  second\n")) == "nnunet-mem-cif: error: first second"
 
