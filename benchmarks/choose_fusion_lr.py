@@ -58,7 +58,8 @@ def run_name(multipliers: Tuple[float, float]) -> str:
 def train(workdir: str, env: Dict[str, str], multipliers: Tuple[float, float], seed: int, epochs: int,
           iterations: int) -> str:
     """One training + fold validation (skipped when done, resumed when interrupted); returns its fold folder."""
-    run_dir = os.path.join(workdir, "runs", f"{run_name(multipliers)}_seed{seed}")
+    # the schedule is part of the name: runs of different lengths must never be compared as one setting
+    run_dir = os.path.join(workdir, "runs", f"{run_name(multipliers)}_{epochs}x{iterations}_seed{seed}")
     fold = fold_folder(run_dir, DATASET_NAME, TRAINER, FOLD)
     if os.path.isfile(os.path.join(fold, "validation", "summary.json")):
         return fold
