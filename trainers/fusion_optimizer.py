@@ -18,8 +18,9 @@ from nnunet_mem_cif.architectures.mem import ModalitySpecificEnhancement
 
 LR_SCALE_KEY = "lr_scale"
 # Defaults chosen with benchmarks/gradient_scale.py (relative update per step of each family within 3x of the
-# convolutions': MEM needs ~30, CIF's gate weights, mixing and gate bias ~150; one multiplier for both cannot do it)
-# and checked on validation folds with benchmarks/choose_fusion_lr.py; the numbers are in docs/cost.md
+# convolutions': MEM needs ~30, CIF's gate weights, mixing and gate bias ~150; one multiplier for both cannot do it).
+# On validation folds at demo length (benchmarks/choose_fusion_lr.py) no gain over 1 was measurable; a converged
+# schedule must decide. The numbers are in docs/cost.md
 MEM_LR_MULTIPLIER = 30.0
 CIF_LR_MULTIPLIER = 150.0
 
