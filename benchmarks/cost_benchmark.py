@@ -1,7 +1,7 @@
 """What MEM, CIF and the semi-supervised step cost, side by side with nnU-Net's own trainer on one planned dataset.
 
 Everything is measured in one run, on the same machine, plans, patch size and batch size, and printed as a markdown
-table of ratios against nnU-Net (``nnUNetTrainer`` / PlainConvUNet) with the targets of issue #6:
+table of ratios against nnU-Net (``nnUNetTrainer`` / PlainConvUNet) with the targets listed in docs/cost.md:
 
 1. network forward+backward on the plans' batch (time; peak memory in a fresh process per network),
 2. one training step, ``trainer.train_step`` on pre-fetched batches (data loading excluded; for the
