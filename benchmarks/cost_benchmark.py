@@ -37,7 +37,7 @@ from typing import Dict, List, Tuple
 import torch
 from network_benchmark import ForwardBackward, apply_training_settings, maybe_compile, peak_memory_of, settings_header
 
-from nnunet_mem_cif.demo import nnunet_environment, prepare_phantom_dataset
+from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset
 from nnunet_mem_cif.measure import in_fresh_process, interleaved_seconds, timed
 
 BASELINE = "nnUNetTrainer"

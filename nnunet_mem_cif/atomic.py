@@ -23,7 +23,7 @@ def partial_path(path: str) -> str:
 def write_atomically(path: str, write: Callable[[str], None]) -> str:
     """Call ``write(temporary_path)``, then rename the result onto ``path``.
 
-    Readers (a resumed benchmark, nnU-Net loading a checkpoint) see the old file or the new one, never half of one;
+    Readers (a resumed table run, nnU-Net loading a checkpoint) see the old file or the new one, never half of one;
     a write that raises, or Ctrl-C, removes its temporary file and leaves ``path`` as it was.
     """
     partial = partial_path(path)

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from nnunet_mem_cif.atomic import atomic_folder, check_output_folder, is_within
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file, distinct_labels
-from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+from nnunet_mem_cif.splits import split_labeled_fraction
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # nnU-Net channel index = position
 BRATS_LABELS = (0, 1, 2, 4)

@@ -85,19 +85,19 @@ def _device(requested: str, error: type) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
 
 
-def _cmd_benchmark(args: argparse.Namespace) -> int:
-    from nnunet_mem_cif.benchmark import BenchmarkError, command_line, run_benchmark, write_report
+def _cmd_table(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.results_table import TableError, command_line, run_table, write_report
     if args.report_only:
         if not os.path.isdir(os.path.join(args.output_dir, "runs")):
-            raise BenchmarkError(f"--report-only: {args.output_dir} holds no benchmark runs (no runs/ folder). Give "
-                                 f"the --output-dir of an earlier benchmark.")
+            raise TableError(f"--report-only: {args.output_dir} holds no table runs (no runs/ folder). Give "
+                             f"the --output-dir of an earlier table.")
         for path in write_report(args.output_dir):
             print(f"wrote {path}")
         return 0
-    device = _device(args.device, BenchmarkError)
+    device = _device(args.device, TableError)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
-    run_benchmark(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
-                  args.seeds, device, args.fold, command_line())
+    run_table(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
+              args.seeds, device, args.fold, command_line(), args.configuration, args.batch_size)
     print(f"table: {os.path.join(os.path.abspath(args.output_dir), 'results.md')} (.csv, .png beside it)")
     return 0
 
@@ -189,24 +189,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier, finished demo in WORKDIR whole")
     demo.set_defaults(func=_cmd_demo, all_or_nothing=True)
 
-    from nnunet_mem_cif.benchmark import METHODS
-    bench = sub.add_parser("benchmark", help="the paper's table: methods x labeled fractions, one command",
+    from nnunet_mem_cif.results_table import METHODS
+    table = sub.add_parser("table", help="the paper's table: methods x labeled fractions, one command",
                            description="Trains every method at every labeled fraction (and seed) on the same fold of "
                                        "a fully labeled, planned and preprocessed dataset through nnUNetv2_train, "
                                        "predicts imagesTs, evaluates against labelsTs and writes results.md/.csv/.png "
                                        "to OUTPUT_DIR. Finished runs are skipped, interrupted ones resumed. Methods: "
-                                       + ", ".join(f"{k} ({v[0]})" for k, v in METHODS.items()) + ".")
-    bench.add_argument("--dataset-id", type=int, required=True)
-    bench.add_argument("--output-dir", default="mem_cif_benchmark")
-    bench.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10])
-    bench.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
-    bench.add_argument("--epochs", type=int, default=1000, help="default 1000 (nnU-Net's)")
-    bench.add_argument("--iterations", type=int, default=250, help="per epoch; default 250 (nnU-Net's)")
-    bench.add_argument("--seeds", type=int, nargs="+", default=[0])
-    bench.add_argument("--fold", default="0", help="nnU-Net fold (default 0; 'all' is not supported)")
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    bench.add_argument("--report-only", action="store_true", help="only rewrite results.* from finished runs")
-    bench.set_defaults(func=_cmd_benchmark, all_or_nothing=True)
+                                       + ", ".join(f"{k} ({v.row})" for k, v in METHODS.items()) + ".")
+    table.add_argument("--dataset-id", type=int, required=True)
+    table.add_argument("--output-dir", default="mem_cif_table")
+    table.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10])
+    table.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
+    table.add_argument("--epochs", type=int, default=1000, help="default 1000 (nnU-Net's)")
+    table.add_argument("--iterations", type=int, default=250, help="per epoch; default 250 (nnU-Net's)")
+    table.add_argument("--seeds", type=int, nargs="+", default=[0])
+    table.add_argument("-c", "--configuration", default="3d_fullres", help="nnU-Net configuration: 3d_fullres "
+                       "(default) or 2d; planned and preprocessed beforehand")
+    table.add_argument("--batch-size", type=int, default=None, help="replaces the plans' batch size in every row "
+                       "alike (default: the plans')")
+    table.add_argument("--fold", default="0", help="nnU-Net fold (default 0; 'all' is not supported)")
+    table.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    table.add_argument("--report-only", action="store_true", help="only rewrite results.* from finished runs")
+    table.set_defaults(func=_cmd_table, all_or_nothing=True)
     return parser
 
 

@@ -21,8 +21,9 @@ import torch
 from tqdm import tqdm
 
 from nnunet_mem_cif.atomic import check_output_folder, write_atomically
-from nnunet_mem_cif.discovery import console_script, ext_trainer_value
+from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.errors import PluginUserError
+from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset, run_step
 
 DEMO_TRAINER = "MemCifSemiTrainer_demo"
 DEMO_DATASET_ID = 990
@@ -34,81 +35,6 @@ DEMO_MARKER = ".nnunet-mem-cif-demo"
 
 class DemoError(PluginUserError, ValueError):
     """An argument or work folder the demo cannot run with; the message says what to do."""
-
-
-def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
-    """``nnunet_command_environment`` with nnU-Net's three folders inside ``workdir``."""
-    return nnunet_command_environment(device, raw=os.path.join(workdir, "nnUNet_raw"),
-                                      preprocessed=os.path.join(workdir, "nnUNet_preprocessed"),
-                                      results=os.path.join(workdir, "nnUNet_results"))
-
-
-def nnunet_command_environment(device: str, *, raw: str, preprocessed: str, results: str) -> Dict[str, str]:
-    """The environment nnU-Net's commands run in: the given folders, this plugin's trainers findable, CPU-friendly
-    worker counts (where the user has not set their own)."""
-    env = dict(os.environ)
-    env.update(nnUNet_raw=raw, nnUNet_preprocessed=preprocessed, nnUNet_results=results,
-               nnUNet_extTrainer=ext_trainer_value(os.environ.get("nnUNet_extTrainer")),
-               PYTHONUNBUFFERED="1")  # line by line into the logs and progress bars
-    if device == "cpu":
-        cores = os.cpu_count() or 2
-        env.setdefault("nnUNet_compile", "0")
-        env.setdefault("nnUNet_n_proc_DA", str(max(1, min(4, cores - 1))))
-        env.setdefault("nnUNet_def_n_proc", str(max(1, min(4, cores))))
-    return env
-
-
-class StepFailed(PluginUserError, RuntimeError):
-    """One of nnU-Net's commands failed: its last output line and the full log say why (a traceback through
-    ``subprocess`` would not)."""
-
-
-def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
-             progress_pattern: Optional[str] = None, total: Optional[int] = None) -> None:
-    """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines).
-
-    The command runs in a process group of its own, which an interrupt of this process (Ctrl-C, or SIGTERM turned
-    into one by the command line) ends whole: nnU-Net's data-augmentation workers included, which would otherwise
-    keep training (and holding the GPU) after the command that started them has gone.
-    """
-    pattern = re.compile(progress_pattern) if progress_pattern else None
-    with open(log_file, "w") as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
-                                          leave=True) as bar:
-        log.write("$ " + " ".join(command) + "\n")
-        last_line = ""
-        process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   bufsize=1, start_new_session=True)
-        try:
-            for line in process.stdout:
-                log.write(line)
-                if pattern is None or pattern.search(line):
-                    bar.update(1)
-                bar.set_postfix_str(line.strip()[-60:], refresh=True)
-                last_line = line.strip() or last_line
-            code = process.wait()
-        except BaseException:
-            end_process_group(process)
-            raise
-    if code != 0:
-        raise StepFailed(f"{title} failed (exit code {code}): {last_line!r}; full output in {log_file}")
-
-
-def end_process_group(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM to ``process`` and every process it started (its process group), SIGKILL to what is left after
-    ``grace`` seconds or once the leader has gone."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # workers that outlived their parent, or a parent that hung
-    except ProcessLookupError:
-        pass
-    process.wait()
 
 
 def save_overlays(images_folder: str, labels_folder: str, predictions_folder: str, output_folder: str,
@@ -141,39 +67,6 @@ def save_overlays(images_folder: str, labels_folder: str, predictions_folder: st
         plt.close(fig)
         written.append(path)
     return written
-
-
-def prepare_phantom_dataset(workdir: str, dataset_id: int, dataset_name: str, num_cases: int, spacing: float,
-                            labeled_fraction: Optional[float], test_fraction: float, seed: int, env: Dict[str, str],
-                            step_names: Sequence[str] = ("[1/4]", "[2/4]", "[3/4]", "[4/4]")) -> str:
-    """Phantom cases -> BraTS conversion -> nnUNetv2_plan_and_preprocess (3d_fullres) -> preprocess-unlabeled.
-
-    Everything inside ``workdir`` (nnU-Net's folders from ``env``, as ``nnunet_environment`` makes them); returns the
-    raw dataset folder. ``labeled_fraction=None`` keeps every training case labeled (no unlabeled folder).
-    """
-    from nnunet_mem_cif.brats import convert_brats2019
-    from nnunet_mem_cif.phantom import make_phantom
-    from nnunet_mem_cif.ssl.unlabeled_data import preprocess_unlabeled
-    logs = os.path.join(workdir, "logs")
-    os.makedirs(logs, exist_ok=True)
-    print(f"{step_names[0]} phantom cases (MNI152 anatomy from nilearn, synthetic tumors)")
-    phantom = os.path.join(workdir, "brats2019_phantom")
-    shutil.rmtree(phantom, ignore_errors=True)
-    make_phantom(phantom, num_cases, seed=seed, spacing=spacing)
-
-    labeled = "all" if labeled_fraction is None else f"{labeled_fraction:.0%} of the"
-    print(f"{step_names[1]} BraTS 2019 layout -> nnU-Net dataset ({labeled} training cases labeled)")
-    dataset = convert_brats2019(phantom, env["nnUNet_raw"], dataset_id, dataset_name, test_fraction=test_fraction,
-                                labeled_fraction=labeled_fraction, seed=seed, overwrite=True)
-    shutil.rmtree(os.path.join(env["nnUNet_preprocessed"], os.path.basename(dataset)), ignore_errors=True)
-
-    run_step(f"{step_names[2]} nnUNetv2_plan_and_preprocess", [console_script("nnUNetv2_plan_and_preprocess"), "-d",
-             str(dataset_id), "-c", "3d_fullres", "-np", "2", "-npfp", "2"], env,
-             os.path.join(logs, "plan_and_preprocess.log"))
-    if labeled_fraction is not None:
-        print(f"{step_names[3]} nnunet-mem-cif preprocess-unlabeled")
-        preprocess_unlabeled(dataset_id, "3d_fullres", num_processes=1)
-    return dataset
 
 
 def check_demo_arguments(num_cases: int, spacing: float, seed: int, labeled_fraction: float,
@@ -264,7 +157,6 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     for folder in (logs, results):
         os.makedirs(folder, exist_ok=True)
     env = nnunet_environment(workdir, device)
-    os.environ.update({k: env[k] for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")})
     print(f"nnunet-mem-cif demo in {workdir} on {device}")
 
     steps = [f"[{i}/7]" for i in range(1, 5)]

@@ -3,10 +3,11 @@
 Anatomy: the MNI152 (ICBM 2009a) T1 template and its grey / white matter maps that ship inside the nilearn
 package (no download). Four contrasts are synthesised from tissue maps the way they differ in real scans:
 T1 white > grey > CSF; T2 CSF > grey > white; FLAIR like T2 with CSF suppressed; T1ce like T1. A tumor with a
-random position (in white matter), size, irregular shape and sub-region proportions is added: edema (bright on
-T2 / FLAIR), an enhancing rim (bright on T1ce) and a necrotic core (dark on T1ce, bright on T2). Each modality
-gets its own smooth bias field, noise and a small shift (imperfect co-registration). Labels use BraTS values
-(1 necrotic core, 2 edema, 4 enhancing).
+random position, size, irregular shape and sub-region proportions is added: edema (bright on T2 / FLAIR), an
+enhancing rim (bright on T1ce) and a necrotic core (dark on T1ce, bright on T2). Each case comes from one of a few
+simulated sites (scanner and protocol: contrast, bias field, noise, slice thickness of T2 / FLAIR), and each
+modality gets its own small shift (imperfect co-registration). Every range, and where it comes from, is in
+docs/phantom.md; ``VARIATION`` below holds them. Labels use BraTS values (1 necrotic core, 2 edema, 4 enhancing).
 """
 import math
 import os
@@ -27,6 +28,22 @@ CONTRASTS: Dict[str, Tuple[float, ...]] = {
     "t1ce": (0.25, 0.62, 0.90, 0.52, 1.35, 0.22),
     "t2": (1.00, 0.65, 0.45, 0.95, 0.70, 1.05),
     "flair": (0.15, 0.65, 0.50, 1.15, 0.85, 0.60),
+}
+
+
+# docs/phantom.md: each range with its source. Fixed before the evidence table (docs/results.md) first ran.
+VARIATION = {
+    "core_radius_mm": (10.0, 24.0),         # tumor core (enhancing rim + necrosis) radius -> 4-58 cm^3
+    "edema_factor": (1.2, 1.9),             # whole-tumor radius / core radius -> whole tumor ~7-400 cm^3
+    "necrosis_radius_fraction": (0.45, 0.8),  # necrosis radius / core radius -> 9-51 % of the core
+    "shape_irregularity": 0.35,             # relative radius modulation by smooth noise
+    "sites": 4,                             # scanners / protocols; a case is from one site
+    "site_gamma": (0.75, 1.33),             # per site and modality: contrast curve (intensity ** gamma)
+    "site_tissue_contrast": (0.9, 1.1),     # per site, modality and tissue: relative intensity factor
+    "site_bias_amplitude": (0.1, 0.3),      # per site: smooth multiplicative bias field, +- this much
+    "site_noise": (0.015, 0.05),            # per site: Gaussian noise std (tissue intensities are 0.15-1.35)
+    "site_slice_thickness_mm": (1.0, 1.0, 3.0, 5.0),  # per site, of T2 and FLAIR (2D acquisitions)
+    "misregistration_mm": 1.5,              # per modality: uniform shift in +- this, each axis
 }
 
 
@@ -59,14 +76,15 @@ def _smooth_noise(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
 def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Generator) -> np.ndarray:
     """BraTS labels (0, 1, 2, 4) of one random tumor."""
     shape = anatomy["brain"].shape
-    candidates = np.argwhere((anatomy["wm"] > 0.6) & anatomy["brain"])
+    # centred in white matter, or in deep grey matter next to it (docs/phantom.md, location)
+    candidates = np.argwhere(((anatomy["wm"] > 0.6) | (anatomy["wm"] + anatomy["gm"] > 0.9)) & anatomy["brain"])
     center = candidates[rng.integers(len(candidates))]
-    radius_mm = rng.uniform(12, 26)  # of the tumor core (enhancing rim included); edema extends beyond
+    radius_mm = rng.uniform(*VARIATION["core_radius_mm"])  # enhancing rim included; edema extends beyond
     grid = np.indices(shape).astype(float)
     distance = np.sqrt(sum(((grid[i] - center[i]) * spacing) ** 2 for i in range(3)))
-    irregular = distance / (1 + 0.35 * _smooth_noise(shape, rng, 6 / spacing))
-    necrosis_fraction = rng.uniform(0.4, 0.75)
-    edema_radius = radius_mm * rng.uniform(1.25, 1.8)
+    irregular = distance / (1 + VARIATION["shape_irregularity"] * _smooth_noise(shape, rng, 6 / spacing))
+    necrosis_fraction = rng.uniform(*VARIATION["necrosis_radius_fraction"])
+    edema_radius = radius_mm * rng.uniform(*VARIATION["edema_factor"])
     labels = np.zeros(shape, np.uint8)
     labels[irregular < edema_radius] = 2
     labels[irregular < radius_mm] = 4
@@ -75,20 +93,41 @@ def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Ge
     return labels
 
 
+def make_sites(seed: int) -> List[Dict[str, Dict[str, object]]]:
+    """Scanner / protocol of each simulated site, per modality; drawn once per phantom (from its seed)."""
+    rng = np.random.default_rng([seed, 1])  # independent of the cases' stream, so sites do not depend on --cases
+    low, high = np.log(VARIATION["site_gamma"])
+    thicknesses = VARIATION["site_slice_thickness_mm"]
+    return [{modality: {"gamma": float(np.exp(rng.uniform(low, high))),
+                        "tissue": rng.uniform(*VARIATION["site_tissue_contrast"], 6),
+                        "bias": float(rng.uniform(*VARIATION["site_bias_amplitude"])),
+                        "noise": float(rng.uniform(*VARIATION["site_noise"])),
+                        "slice_mm": float(thicknesses[site % len(thicknesses)]) if modality in ("t2", "flair")
+                        else 1.0}
+             for modality in MODALITIES} for site in range(VARIATION["sites"])]
+
+
 def synthesise_case(anatomy: Dict[str, np.ndarray], labels: np.ndarray, spacing: float,
-                    rng: np.random.Generator) -> Dict[str, np.ndarray]:
+                    rng: np.random.Generator, site: Dict[str, Dict[str, object]]) -> Dict[str, np.ndarray]:
     tissues = [anatomy["csf"], anatomy["gm"], anatomy["wm"]]
     tumor = [labels == 2, labels == 4, labels == 1]
     in_tumor = labels > 0
     texture = 0.85 + 0.3 * anatomy["t1"]
     images = {}
     for modality in MODALITIES:
-        c = CONTRASTS[modality]
+        protocol = site[modality]
+        c = np.asarray(CONTRASTS[modality]) * protocol["tissue"]
         healthy = sum(w * tissue for w, tissue in zip(c[:3], tissues))
         image = np.where(in_tumor, sum(w * region for w, region in zip(c[3:], tumor)), healthy) * texture
-        bias = np.exp(0.15 * _smooth_noise(image.shape, rng, 20 / spacing))
-        image = image * bias + rng.normal(0, 0.025, image.shape)
-        image = ndimage.shift(image * anatomy["brain"], rng.uniform(-0.8, 0.8, 3) / spacing, order=1)
+        image = np.clip(image, 0, None) ** protocol["gamma"]
+        bias = np.exp(protocol["bias"] * _smooth_noise(image.shape, rng, 20 / spacing))
+        image = image * bias
+        if protocol["slice_mm"] > spacing:  # thick 2D slices (along the last axis), then resampled to the grid
+            sigma = [0, 0, protocol["slice_mm"] / spacing / 2.355]
+            image = ndimage.gaussian_filter(image, sigma)
+        image = image + rng.normal(0, protocol["noise"], image.shape)
+        shift = rng.uniform(-VARIATION["misregistration_mm"], VARIATION["misregistration_mm"], 3) / spacing
+        image = ndimage.shift(image * anatomy["brain"], shift, order=1)
         images[modality] = np.clip(image, 0, None) * 1000
     return images
 
@@ -129,6 +168,7 @@ def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float 
     check_output_folder(output_dir, overwrite, lambda folder: _holds_only_phantom_cases(folder, prefix))
     anatomy = load_anatomy(spacing)
     rng = np.random.default_rng(seed)
+    sites = make_sites(seed)
     cases = []
     with atomic_folder(output_dir, overwrite) as partial:
         for i in tqdm(range(num_cases), desc="Making phantom cases", unit="case"):
@@ -136,7 +176,8 @@ def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float 
             folder = os.path.join(partial, "HGG", case)
             os.makedirs(folder)
             labels = make_tumor(anatomy, spacing, rng)
-            for modality, image in synthesise_case(anatomy, labels, spacing, rng).items():
+            site = sites[int(rng.integers(len(sites)))]
+            for modality, image in synthesise_case(anatomy, labels, spacing, rng, site).items():
                 _write(image, os.path.join(folder, f"{case}_{modality}.nii.gz"), spacing, np.float32)
             _write(labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
             cases.append(case)

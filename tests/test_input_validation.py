@@ -1,4 +1,4 @@
-"""Every subcommand (evaluate, to-brats-labels, make-phantom, convert-brats2019, preprocess-unlabeled, benchmark,
+"""Every subcommand (evaluate, to-brats-labels, make-phantom, convert-brats2019, preprocess-unlabeled, table,
 demo) checks its input before writing anything, never writes into or over what is not its own, writes folders all or
 nothing (also when interrupted), and ends every user error as one line with exit code 2. Leakage between training,
 unlabeled and test cases: tests/test_leakage.py."""
@@ -67,7 +67,7 @@ def test_the_installed_command_ends_a_user_error_with_one_line_and_exit_code_2(t
 
 
 @pytest.mark.parametrize("argv", [["demo", "--cases", "abc"], ["make-phantom"], ["no-such-command"],
-                                  ["benchmark", "--dataset-id", "x", "--output-dir", "o"]])
+                                  ["table", "--dataset-id", "x", "--output-dir", "o"]])
 def test_a_malformed_command_line_ends_with_one_line_and_exit_code_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
@@ -594,7 +594,7 @@ def test_interrupted_preprocess_unlabeled_keeps_the_previous_result(dataset_copy
     assert tree_hash(pre) == before and not any(n.startswith(".partial-") for n in os.listdir(pre))
 
 
-# ------------------------------------------------------------------------------------------------------ benchmark
+# ------------------------------------------------------------------------------------------------------ table
 
 @pytest.mark.parametrize("args, message", [
     (["--epochs", "0"], "--epochs must be at least 1"),
@@ -609,25 +609,25 @@ def test_interrupted_preprocess_unlabeled_keeps_the_previous_result(dataset_copy
     (["--fold", "all"], "--fold all is not supported"),
     (["--fold", "first"], "--fold must be a fold number"),
 ])
-def test_benchmark_refuses_bad_arguments_before_creating_anything(tmp_path, capsys, monkeypatch, args, message):
+def test_table_refuses_bad_arguments_before_creating_anything(tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.chdir(tmp_path)
-    assert message in user_error(capsys, "benchmark", "--dataset-id", 501, "--output-dir", tmp_path / "out",
+    assert message in user_error(capsys, "table", "--dataset-id", 501, "--output-dir", tmp_path / "out",
                                  "--device", "cpu", *args)
     assert os.listdir(tmp_path) == []
 
 
-def test_benchmark_report_only_needs_an_earlier_benchmark(tmp_path, capsys):
-    assert "holds no benchmark runs" in user_error(capsys, "benchmark", "--dataset-id", 501, "--report-only",
+def test_table_report_only_needs_an_earlier_table(tmp_path, capsys):
+    assert "holds no table runs" in user_error(capsys, "table", "--dataset-id", 501, "--report-only",
                                                    "--output-dir", tmp_path / "out")
     assert os.listdir(tmp_path) == []
 
 
-def test_benchmark_refuses_folds_the_dataset_cannot_have_and_fractions_without_unlabeled_cases(dataset_copy, capsys,
+def test_table_refuses_folds_the_dataset_cannot_have_and_fractions_without_unlabeled_cases(dataset_copy, capsys,
                                                                                                tmp_path):
     from batchgenerators.utilities.file_and_folder_operations import save_json
     raw, pre = _dataset_folders(dataset_copy)
     out = tmp_path / "out"
-    common = ("benchmark", "--dataset-id", 501, "--output-dir", out, "--device", "cpu")
+    common = ("table", "--dataset-id", 501, "--output-dir", out, "--device", "cpu")
     if os.path.exists(os.path.join(pre, "splits_final.json")):
         os.remove(os.path.join(pre, "splits_final.json"))
     assert "nnU-Net's 5-fold split has folds 0..4" in user_error(capsys, *common, "--fold", 5)
@@ -639,10 +639,10 @@ def test_benchmark_refuses_folds_the_dataset_cannot_have_and_fractions_without_u
     assert not out.exists()
 
 
-def test_benchmark_refuses_output_folders_that_are_not_its_own(dataset_copy, capsys, tmp_path):
+def test_table_refuses_output_folders_that_are_not_its_own(dataset_copy, capsys, tmp_path):
     raw, pre = _dataset_folders(dataset_copy)
     before = (tree_hash(raw), tree_hash(pre))
-    common = ("benchmark", "--dataset-id", 501, "--device", "cpu", "--output-dir")
+    common = ("table", "--dataset-id", 501, "--device", "cpu", "--output-dir")
     for inside in (raw, os.path.join(raw, "bench"), os.path.join(pre, "bench"), dataset_copy.raw):
         assert "overlap; the dataset is only read" in user_error(capsys, *common, inside)
     (tmp_path / "thesis").mkdir()

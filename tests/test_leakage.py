@@ -1,5 +1,5 @@
 """A case is in exactly one of imagesTr, imagesUnlabeled and imagesTs: checked by name and by image content when
-unlabeled cases are preprocessed, when a semi-supervised trainer starts, and before a benchmark's runs.
+unlabeled cases are preprocessed, when a semi-supervised trainer starts, and before a table's runs.
 
 Every test works on a private copy of the shared workspace's dataset (``private_copy``)."""
 import os
@@ -12,7 +12,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 
 import nnunet_mem_cif.ssl.unlabeled_data as unlabeled_data
-from nnunet_mem_cif.benchmark import BenchmarkError, check_no_test_case_in_training
+from nnunet_mem_cif.results_table import TableError, check_no_test_case_in_training
 from nnunet_mem_cif.cli import main
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError, preprocess_unlabeled
 from nnunet_workspace import DATASET_NAME, make_trainer, private_copy
@@ -151,14 +151,14 @@ def test_training_start_needs_the_raw_dataset(copy, monkeypatch, tmp_path):
         make_trainer("MemCifSemiTrainer_debug").get_unlabeled_dataset()
 
 
-def test_benchmark_mode_refuses_hidden_label_cases_that_are_validation_cases(copy):
+def test_hidden_label_mode_refuses_hidden_label_cases_that_are_validation_cases(copy):
     cases = [f"lab_{i:03d}" for i in range(6)]
     save_json([{"train": cases, "val": cases[:2]}], preprocessed(copy, "splits_final.json"))  # overlapping split
     with pytest.raises(UnlabeledDataError, match="validation cases of fold 0"):
         make_trainer("MemCifSemiTrainer_10pct").get_unlabeled_dataset()
 
 
-def test_benchmark_mode_refuses_hidden_label_cases_named_like_test_cases(copy):
+def test_hidden_label_mode_refuses_hidden_label_cases_named_like_test_cases(copy):
     copy_case(copy, "imagesTr", "lab_003", "imagesTs", "lab_003")
     save_json([{"train": ["lab_000", "lab_001", "lab_002", "lab_003"], "val": ["lab_004", "lab_005"]}],
               preprocessed(copy, "splits_final.json"))
@@ -168,10 +168,10 @@ def test_benchmark_mode_refuses_hidden_label_cases_named_like_test_cases(copy):
         trainer.get_unlabeled_dataset()
 
 
-# ------------------------------------------------------------------------------------------------------ benchmark
+# ------------------------------------------------------------------------------------------------------ table
 
-def test_benchmark_refuses_a_test_case_that_is_a_training_case(copy):
+def test_table_refuses_a_test_case_that_is_a_training_case(copy):
     check_no_test_case_in_training(raw(copy), ".nii.gz", SimpleITKIO)
     copy_case(copy, "imagesTr", "lab_004", "imagesTs", "test_copy", resave=True)
-    with pytest.raises(BenchmarkError, match="imagesTr/lab_004_0000.nii.gz holds the same image as .*test_copy"):
+    with pytest.raises(TableError, match="imagesTr/lab_004_0000.nii.gz holds the same image as .*test_copy"):
         check_no_test_case_in_training(raw(copy), ".nii.gz", SimpleITKIO)

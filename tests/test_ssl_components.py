@@ -10,7 +10,7 @@ from torch import nn
 from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
-from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+from nnunet_mem_cif.splits import split_labeled_fraction
 from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews, modality_keep_mask, \
     shift_with_zero_fill
 

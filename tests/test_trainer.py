@@ -1,4 +1,4 @@
-"""The trainers in-process: checkpoint round trip, benchmark mode, loud failures, nnU-Net's lookup."""
+"""The trainers in-process: checkpoint round trip, hidden-label mode, loud failures, nnU-Net's lookup."""
 import os
 
 import pytest
@@ -88,7 +88,7 @@ def test_unsafe_or_broken_checkpoints_are_refused_before_nnunet_unpickles_them(t
     assert not marker.exists()
 
 
-def test_benchmark_mode_hides_labels_of_a_seeded_subset(trainer_env):
+def test_hidden_label_mode_hides_labels_of_a_seeded_subset(trainer_env):
     trainer = make_trainer("MemCifSemiTrainer_10pct")
     assert trainer.labeled_fraction == 0.10
     trainer.initialize()

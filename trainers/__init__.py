@@ -10,16 +10,16 @@ from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSem
 from nnunet_mem_cif.trainers.labeled_fraction import MemCifSemiTrainer_10pct, MemCifSemiTrainer_1pct, \
     MemCifSemiTrainer_5pct
 from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
-from nnunet_mem_cif.trainers.benchmark import MeanTeacherTrainer_benchmark, MemCifSemiTrainer_benchmark, \
-    MemCifSemiTrainer_noCIF_benchmark, MemCifSemiTrainer_noMEM_benchmark, MemCifTrainer_noSSL_benchmark, \
-    nnUNetTrainer_benchmark
+from nnunet_mem_cif.trainers.table_runs import MeanTeacherTrainer_table, MemCifSemiTrainer_table, \
+    MemCifSemiTrainer_noCIF_table, MemCifSemiTrainer_noMEM_table, MemCifTrainer_noSSL_table, \
+    nnUNetTrainer_selftraining_table, nnUNetTrainer_table
 from nnunet_mem_cif.trainers.training_length import MemCifSemiTrainer_debug, MemCifSemiTrainer_demo, \
     SupervisedBaselineTrainer_demo
 
 __all__ = ["MemCifTrainer_noSSL", "MemCifSemiTrainer", "MemCifSemiTrainer_noMEM", "MemCifSemiTrainer_noCIF",
            "MemCifSemiTrainer_1pct", "MemCifSemiTrainer_5pct", "MemCifSemiTrainer_10pct", "MemCifSemiTrainer_debug",
            "MemCifSemiTrainer_demo", "SemiSupervisedTrainer", "SupervisedBaselineTrainer_demo", "MeanTeacherTrainer",
-           "nnUNetTrainer_benchmark", "MeanTeacherTrainer_benchmark", "MemCifTrainer_noSSL_benchmark",
-           "MemCifSemiTrainer_noMEM_benchmark", "MemCifSemiTrainer_noCIF_benchmark", "MemCifSemiTrainer_benchmark"]
+           "nnUNetTrainer_table", "nnUNetTrainer_selftraining_table", "MeanTeacherTrainer_table", "MemCifTrainer_noSSL_table",
+           "MemCifSemiTrainer_noMEM_table", "MemCifSemiTrainer_noCIF_table", "MemCifSemiTrainer_table"]
 
 install_user_error_hook()  # nnUNetv2_train / _predict end with one line for this plugin's user errors

@@ -4,7 +4,7 @@
 Why: under nnU-Net's SGD (lr 1e-2, momentum 0.99, weight decay 3e-5) a parameter moves by about ``lr * grad`` per
 step. MEM's and CIF's gradients, relative to their size, are one to two orders of magnitude below the
 convolutions', so with nnU-Net's single group they barely move, and weight decay, not the loss, decides where a
-small-gradient parameter such as CIF's gate bias ends up. ``benchmarks/gradient_scale.py`` measures the relative
+small-gradient parameter such as CIF's gate bias ends up. ``experiments/gradient_scale.py`` measures the relative
 update per step of each family of parameters over real training steps.
 """
 from typing import Dict, Iterable, List, Tuple, Type
@@ -17,9 +17,9 @@ from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
 from nnunet_mem_cif.architectures.mem import ModalitySpecificEnhancement
 
 LR_SCALE_KEY = "lr_scale"
-# Defaults chosen with benchmarks/gradient_scale.py (relative update per step of each family within 3x of the
+# Defaults chosen with experiments/gradient_scale.py (relative update per step of each family within 3x of the
 # convolutions': MEM needs ~30, CIF's gate weights, mixing and gate bias ~150; one multiplier for both cannot do it).
-# On validation folds at demo length (benchmarks/choose_fusion_lr.py) no gain over 1 was measurable; a converged
+# On validation folds at demo length (experiments/choose_fusion_lr.py) no gain over 1 was measurable; a converged
 # schedule must decide. The numbers are in docs/cost.md
 MEM_LR_MULTIPLIER = 30.0
 CIF_LR_MULTIPLIER = 150.0

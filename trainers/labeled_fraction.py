@@ -1,4 +1,4 @@
-"""Benchmark mode: the paper's 1 %, 5 %, 10 % labeled settings from one fully labeled dataset.
+"""Hidden-label mode: the paper's 1 %, 5 %, 10 % labeled settings from one fully labeled dataset.
 
 Only a seeded fraction of the fold's training cases keeps its labels; the others are used as unlabeled data
 (their labels are never read). See SemiSupervisedTrainer.do_split.

@@ -39,7 +39,7 @@ from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongVi
 from nnunet_mem_cif.ssl.progress import SemiSupervisedLocalLogger
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledDataError, brain_mask, \
     check_hidden_label_pool, check_unlabeled_sources, load_unlabeled_dataset
-from nnunet_mem_cif.trainers.labeled_subset import LabeledSubsetMixin
+from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 
 # the parts of nnU-Net's training augmentation that both views share (geometry, and zeroing outside the brain)
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
@@ -75,11 +75,11 @@ def read_checkpoint(path, map_location) -> dict:
                               f"resume from an older checkpoint, or train again without --c.") from e
 
 
-class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
+class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
     """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (docs/design.md §3).
 
     Unlabeled data come from ``get_unlabeled_dataset``: the cases preprocessed by ``nnunet-mem-cif
-    preprocess-unlabeled``, or, in benchmark mode (``labeled_fraction`` set), the training cases of the fold whose
+    preprocess-unlabeled``, or, in hidden-label mode (``labeled_fraction`` set), the training cases of the fold whose
     labels are hidden. If they are missing or stale, training stops with an UnlabeledDataError; it never falls
     back to supervised training.
 
@@ -134,7 +134,7 @@ class SemiSupervisedTrainer(LabeledSubsetMixin, nnUNetTrainer):
         """The unlabeled cases, checked before training starts: none may be a training, validation or test case.
 
         From ``imagesUnlabeled``: the preprocessed set must still be that of the raw folder it was made from, and
-        share no case with imagesTr / imagesTs by name or content (``check_unlabeled_sources``). In benchmark mode:
+        share no case with imagesTr / imagesTs by name or content (``check_unlabeled_sources``). In hidden-label mode:
         the fold's training cases with hidden labels, none of which may be a validation or test case
         (``check_hidden_label_pool``).
         """

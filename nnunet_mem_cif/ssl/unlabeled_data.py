@@ -328,11 +328,11 @@ def _raw_dataset(dataset_name: str) -> str:
 
 def check_hidden_label_pool(dataset_name: str, file_ending: str, hidden: Sequence[str], validation: Sequence[str],
                             fold) -> None:
-    """Benchmark mode (training cases with hidden labels as the unlabeled data): none of them may be a validation
+    """Hidden-label mode (training cases with hidden labels as the unlabeled data): none of them may be a validation
     case of the fold or a test case (imagesTs) of the raw dataset.
 
     Names only: the pool comes from nnU-Net's own training cases, so a copy under another name is a train/test
-    overlap of the labeled dataset itself, which ``nnunet-mem-cif benchmark`` checks by content once before its runs
+    overlap of the labeled dataset itself, which ``nnunet-mem-cif table`` checks by content once before its runs
     (decoding every image at each of its many training starts would take minutes on BraTS-size data).
     """
     both = sorted(set(hidden) & set(validation))
@@ -397,7 +397,7 @@ class UnlabeledDataLoader(nnUNetDataLoader):
     """nnU-Net's loader on unlabeled cases: random crops, no foreground oversampling (there are no labels).
 
     The ``segmentation`` it yields is the brain (nonzero) mask that nnU-Net's preprocessing stores for every case:
-    0 inside, -1 outside and in padding. For benchmark runs that hide the labels of labeled cases, the labels are
+    0 inside, -1 outside and in padding. For table runs that hide the labels of labeled cases, the labels are
     never read as targets either: the consistency loss uses ``segmentation >= 0`` only.
     """
 

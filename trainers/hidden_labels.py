@@ -1,14 +1,14 @@
-"""Benchmark mode for any nnU-Net trainer: only a seeded fraction of the fold's training cases keeps its labels."""
+"""Hidden-label mode for any nnU-Net trainer: only a seeded fraction of the fold's training cases keeps its labels."""
 import os
 from typing import List, Optional
 
 from batchgenerators.utilities.file_and_folder_operations import join, save_json
 
 from nnunet_mem_cif.atomic import write_atomically
-from nnunet_mem_cif.ssl.labeled_subset import split_labeled_fraction
+from nnunet_mem_cif.splits import split_labeled_fraction
 
 
-class LabeledSubsetMixin:
+class HiddenLabelsMixin:
     """Put before an nnU-Net trainer class: with ``labeled_fraction`` set, ``do_split`` keeps a seeded fraction of
     the fold's training cases; the others become ``hidden_label_keys`` (the unlabeled pool of the semi-supervised
     trainers; supervised trainers never see them). Which case went where is written to ``labeled_subset.json`` in

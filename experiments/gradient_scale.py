@@ -10,7 +10,7 @@ trainer's ``mem_lr_multiplier`` and ``cif_lr_multiplier``; a single number sets 
 steps, and its ratio to the convolutions'. CIF's mixing logits start at zero, so for them the relative change of the
 mixing weights (the softmax, a uniform 1/(M-1) at the start) is shown.
 
-    python benchmarks/gradient_scale.py [--workdir gradient_scale_work] [--steps 10] [--multipliers 1 30 100 30:150]
+    python experiments/gradient_scale.py [--workdir gradient_scale_work] [--steps 10] [--multipliers 1 30 100 30:150]
 
 The phantom dataset (20 cases at 4 mm, 10 % labeled, as the demo) is made and planned on the first run and reused.
 """
@@ -25,7 +25,8 @@ import torch
 from torch import nn
 
 from nnunet_mem_cif.architectures import ComplementaryInformationFusion, ModalitySpecificEnhancement
-from nnunet_mem_cif.demo import DEMO_DATASET_NAME, nnunet_environment, prepare_phantom_dataset
+from nnunet_mem_cif.demo import DEMO_DATASET_NAME
+from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset
 
 DATASET_ID = 991
 CONFIGURATION = "3d_fullres"

@@ -1,4 +1,4 @@
-"""Benchmark mode: keep a seeded fraction of the labeled training cases labeled, use the rest as unlabeled."""
+"""Hidden-label mode: keep a seeded fraction of the labeled training cases labeled, use the rest as unlabeled."""
 from typing import List, Sequence, Tuple
 
 import numpy as np

@@ -6,7 +6,7 @@ there yet, then predicts the held-out test cases with all modalities and with ea
 image, through nnUNetv2_predict, and prints a markdown table (mean Dice over the test cases).
 
     nnunet-mem-cif demo --workdir mem_cif_demo
-    python benchmarks/missing_modality.py --workdir mem_cif_demo
+    python experiments/missing_modality.py --workdir mem_cif_demo
 """
 import argparse
 import json
@@ -17,7 +17,8 @@ import subprocess
 import numpy as np
 import SimpleITK as sitk
 
-from nnunet_mem_cif.demo import DEMO_DATASET, DEMO_DATASET_ID, DEMO_TRAINER, nnunet_environment
+from nnunet_mem_cif.demo import DEMO_DATASET, DEMO_DATASET_ID, DEMO_TRAINER
+from nnunet_mem_cif.nnunet_commands import nnunet_environment
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import evaluate_folders
 

@@ -4,11 +4,11 @@ cases only.
 The dataset made here has no test cases at all (``--test-fraction 0``), so the choice cannot see a test case: 40
 phantom cases at 5 mm, fold 0 of nnU-Net's 5-fold split (32 training cases, 8 validation cases), 10 % of the
 training cases labeled (seeded, as in the results table) and the rest used as unlabeled data. For every setting
-(``MEM:CIF``) and seed, ``nnUNetv2_train`` trains ``MemCifSemiTrainer_benchmark`` (the product trainer) and runs nnU-Net's own
+(``MEM:CIF``) and seed, ``nnUNetv2_train`` trains ``MemCifSemiTrainer_table`` (the product trainer) and runs nnU-Net's own
 fold validation; the table shows the validation Dice, the paired difference to 1:1 (nnU-Net's single learning rate;
 same seed, same labeled cases) and how far CIF moved from its initialisation.
 
-    python benchmarks/choose_fusion_lr.py [--workdir choose_fusion_lr_work] [--multipliers 1 30:150]
+    python experiments/choose_fusion_lr.py [--workdir choose_fusion_lr_work] [--multipliers 1 30:150]
         [--seeds 0 1 2] [--epochs 10] [--iterations 20]
 
 Resumable: finished runs are skipped, an interrupted one resumes from its checkpoint.
@@ -22,14 +22,14 @@ from typing import Dict, Optional, Tuple
 
 from gradient_scale import label, parse_multipliers
 
-from nnunet_mem_cif.benchmark import fold_folder
-from nnunet_mem_cif.demo import nnunet_environment, run_step
+from nnunet_mem_cif.results_table import fold_folder
+from nnunet_mem_cif.nnunet_commands import nnunet_environment, run_step
 from nnunet_mem_cif.discovery import console_script
-from nnunet_mem_cif.trainers.benchmark import BENCHMARK_VARIABLE
+from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
 from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
 DATASET_ID, DATASET_NAME = 994, "Dataset994_FusionLR"
-TRAINER, FOLD, LABELED_FRACTION = "MemCifSemiTrainer_benchmark", 0, 0.1
+TRAINER, FOLD, LABELED_FRACTION = "MemCifSemiTrainer_table", 0, 0.1
 
 
 def prepare(workdir: str, env: Dict[str, str]) -> None:
@@ -65,7 +65,7 @@ def train(workdir: str, env: Dict[str, str], multipliers: Tuple[float, float], s
         return fold
     os.makedirs(run_dir, exist_ok=True)
     run_env = dict(env, nnUNet_results=os.path.join(run_dir, "nnUNet_results"))
-    run_env[BENCHMARK_VARIABLE] = json.dumps({"labeled_fraction": LABELED_FRACTION, "epochs": epochs,
+    run_env[TABLE_RUN_VARIABLE] = json.dumps({"labeled_fraction": LABELED_FRACTION, "epochs": epochs,
                                               "iterations_per_epoch": iterations, "seed": seed,
                                               "mem_lr_multiplier": multipliers[0],
                                               "cif_lr_multiplier": multipliers[1]})

@@ -1,6 +1,6 @@
-"""Why a benchmark table looks as it does, from training-side information only (never tuned on the test cases).
+"""Why a results table looks as it does, from training-side information only (never tuned on the test cases).
 
-Reads a finished ``nnunet-mem-cif benchmark`` folder (its runs/ hold nnU-Net's results folders) and prints, per run:
+Reads a finished ``nnunet-mem-cif table`` folder (its runs/ hold nnU-Net's results folders) and prints, per run:
 
 1. the test Dice beside nnU-Net's own fold validation Dice (held-out *training* cases, ``validation/summary.json``):
    two independent held-out sets; where the methods' order flips between them, their differences are noise;
@@ -10,8 +10,8 @@ Reads a finished ``nnunet-mem-cif benchmark`` folder (its runs/ hold nnU-Net's r
    start at 0, a uniform mixture over the other modalities; gate biases at -2, sigmoid 0.12): a CIF that barely
    moved cannot explain a difference.
 
-    python benchmarks/diagnose_table.py WORK/table          # WORK as given to benchmarks/phantom_table.sh
-    python benchmarks/diagnose_table.py --checkpoint FOLD_FOLDER/checkpoint_final.pth   # any one training, e.g. the
+    python experiments/diagnose_table.py WORK/table          # WORK as given to experiments/phantom_table.sh
+    python experiments/diagnose_table.py --checkpoint FOLD_FOLDER/checkpoint_final.pth   # any one training, e.g. the
                                                                                         # demo's: CIF per stage
 """
 import argparse
@@ -24,7 +24,7 @@ from typing import List, Optional, Tuple
 import torch
 
 from nnunet_mem_cif.architectures.cif import INITIAL_GATE_BIAS, ComplementaryInformationFusion
-from nnunet_mem_cif.benchmark import METHODS, Run, fold_folder, load_records
+from nnunet_mem_cif.results_table import METHODS, Run, fold_folder, load_records
 from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
 
 LAST_EPOCHS = 3
@@ -33,7 +33,7 @@ LAST_EPOCHS = 3
 def run_fold_folder(output_dir: str, record: dict) -> Optional[str]:
     """The run's nnU-Net fold folder; None where only its run.json is here (copied from another table)."""
     fold = fold_folder(Run.of_record(record).folder(output_dir), record["dataset"], record["trainer"],
-                       record["fold"])
+                       record["fold"], record["configuration"])
     return fold if os.path.isdir(fold) else None
 
 
@@ -101,13 +101,13 @@ def fmt(value: Optional[float], digits: int = 3) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("output_dir", nargs="?", help="the --output-dir of nnunet-mem-cif benchmark")
+    parser.add_argument("output_dir", nargs="?", help="the --output-dir of nnunet-mem-cif table")
     parser.add_argument("--checkpoint", help="instead: one checkpoint of a MemCifUNet trainer")
     args = parser.parse_args()
     if args.checkpoint:
         return print_checkpoint(args.checkpoint)
     if not args.output_dir:
-        parser.error("give a benchmark output folder or --checkpoint")
+        parser.error("give a table output folder or --checkpoint")
     records = load_records(args.output_dir)
     if not records:
         print(f"no finished runs in {args.output_dir}/runs", file=sys.stderr)
@@ -119,7 +119,7 @@ def main() -> int:
           "| consistency weight | CIF after training |")
     print("|---|---|---|---|---|---|---|---|---|")
     for record in records:
-        row = f"| {record['labeled_fraction']:.0%} | {METHODS[record['method']][0]} | {record['seed']} " \
+        row = f"| {record['labeled_fraction']:.0%} | {METHODS[record['method']].row} | {record['seed']} " \
               f"| {fmt(record['mean']['mean']['dice'])} "
         fold = run_fold_folder(args.output_dir, record)
         if fold is None:

@@ -1,0 +1,180 @@
+"""The paper's table: the *_table trainers' setting, the table writer, and the command through nnU-Net's CLI."""
+import csv
+import json
+import os
+import re
+import sys
+
+import pytest
+
+from nnunet_mem_cif.results_table import METHODS, REGIONS, Run, check_arguments, check_dataset, load_records, \
+    markdown_report, paired_difference, table_runs, write_report
+from nnunet_mem_cif.errors import PluginUserError
+from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
+from nnunet_workspace import DATASET_ID, DATASET_NAME
+
+
+def fake_record(method: str, fraction: float, seed: int, dice: float) -> dict:
+    mean = {region: {"dice": dice + i / 100, "sensitivity": dice / 2, "hd95": 3.0} for i, region in
+            enumerate(REGIONS)}
+    return {"method": method, "row": METHODS[method].row, "trainer": METHODS[method].trainer, "dataset": "Dataset9_X",
+            "fold": 0, "configuration": "3d_fullres", "labeled_fraction": fraction, "epochs": 5,
+            "iterations_per_epoch": 7, "seed": seed, "labeled_cases": ["a", "b"][:1 + int(fraction > 0.02)],
+            "unlabeled_pool": 9, "test_cases": ["t1", "t2", "t3"], "mean": mean, "train_seconds": 120.0,
+            "predict_seconds": 5.0, "device": "cpu", "versions": {"torch": "x"}, "command": "nnunet-mem-cif bench"}
+
+
+def write_fake_runs(root, records) -> None:
+    for r in records:
+        folder = root / "runs" / r["method"] / f"fraction{r['labeled_fraction']:g}_seed{r['seed']}"
+        folder.mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(r))
+
+
+def test_table_writer_groups_methods_by_fraction_with_mean_and_std_over_seeds(tmp_path):
+    records = [fake_record(m, f, s, d) for m, d in (("memcif", 0.8), ("nnunet", 0.6))
+               for f in (0.01, 0.05) for s in (0, 1)]
+    records[0]["mean"]["whole_tumor"]["dice"] = 0.9  # memcif, 1 %, seed 0: 0.9 and 0.8 -> 0.850 ± 0.071
+    records[1]["command"] = "nnunet-mem-cif table --seeds 1"  # runs of two commands in one table
+    write_fake_runs(tmp_path, records)
+    assert [(r["labeled_fraction"], r["method"]) for r in load_records(str(tmp_path))][:4] == \
+        [(0.01, "nnunet"), (0.01, "nnunet"), (0.01, "memcif"), (0.01, "memcif")]  # the table's row order
+    written = write_report(str(tmp_path))
+    assert [os.path.basename(p) for p in written] == ["results.md", "results.csv", "results.png"]
+    assert os.path.getsize(tmp_path / "results.png") > 1000
+    table = (tmp_path / "results.md").read_text()
+    assert "3 held-out test cases" in table and "seeds: 0, 1" in table and "5 epochs x 7 iterations" in table
+    assert "- commands: `nnunet-mem-cif bench`; `nnunet-mem-cif table --seeds 1`" in table
+    rows = [line for line in table.splitlines() if line.startswith("| 1% |") or line.startswith("| 5% |")]
+    assert len(rows) == 4
+    assert rows[0].startswith("| 1% | supervised nnU-Net | 1 | 0.600 ± 0.000 |")
+    assert rows[1].startswith("| 1% | full method | 1 | 0.850 ± 0.071 | 0.810 ± 0.000 |")
+    assert rows[3].startswith("| 5% | full method | 2 |")
+    with open(tmp_path / "results.csv") as f:
+        lines = list(csv.DictReader(f))
+    assert len(lines) == len(records) * len(REGIONS)
+    assert {line["region"] for line in lines} == set(REGIONS)
+    assert markdown_report([]) == "no finished runs yet\n"
+
+
+def with_cases(record: dict, dice: dict) -> dict:
+    """``record`` with per-case Dice (every region the same) as load_records reads it from metrics.json."""
+    return {**record, "case_dice": {case: {region: d for region in REGIONS} for case, d in dice.items()}}
+
+
+def test_paired_difference_pairs_seeds_and_cases_and_bootstraps_an_interval():
+    records = [with_cases(fake_record("memcif", 0.01, s, 0.8), {"t1": 0.8, "t2": 0.7 + s / 10}) for s in (0, 1)]
+    records += [with_cases(fake_record("nnunet", 0.01, s, 0.6), {"t1": 0.6, "t2": 0.6}) for s in (0, 1)]
+    mean, low, high, pairs = paired_difference(records, "memcif", "nnunet", 0.01)
+    assert pairs == 4 and mean == pytest.approx((0.2 + 0.1 + 0.2 + 0.2) / 4)
+    assert 0.1 <= low < mean < high <= 0.2 + 1e-9  # every pair is ahead, so the interval excludes 0
+    assert paired_difference(records, "memcif", "mean-teacher", 0.01) is None  # no such runs
+    records.append(with_cases(fake_record("mean-teacher", 0.01, 0, 0.6), {"t1": 0.9, "t2": 0.3}))
+    mean, low, high, pairs = paired_difference(records, "memcif", "mean-teacher", 0.01)
+    assert pairs == 2 and low < 0 < high  # only seed 0 has both; -0.1 and +0.4 straddle 0
+    report = markdown_report(records)
+    assert "## Paired differences" in report and "| 1% | full method - supervised nnU-Net | 4 | +0.175 [" in report
+
+
+def test_convergence_check_needs_every_step_in_labels_above_twice_the_seed_spread():
+    def table(values):
+        return [fake_record("nnunet-all" if f == 1 else "nnunet", f, s, d) for f, ds in values.items()
+                for s, d in enumerate(ds)]
+    met = markdown_report(table({0.01: [0.50, 0.52], 0.1: [0.70, 0.71], 1.0: [0.85, 0.86]}))
+    assert "| 1% -> 10% | 0.540 -> 0.735 | +0.195 |" in met and "**Met**" in met
+    not_met = markdown_report(table({0.01: [0.50, 0.60], 0.1: [0.58, 0.62], 1.0: [0.85, 0.86]}))
+    assert "| 1% -> 10% | 0.580 -> 0.630 | +0.050 | 0.141 | no |" in not_met and "**Not met**" in not_met
+    assert "Convergence check" not in markdown_report(table({0.01: [0.5]}))
+
+
+def test_table_runs_order_self_training_after_its_supervised_run_and_the_upper_bound_once_per_seed():
+    runs = table_runs(["memcif", "nnunet-all", "self-training", "nnunet"], [0.01, 0.05], [0, 1])
+    assert [(r.method, r.fraction, r.seed) for r in runs[:7]] == [
+        ("nnunet", 0.01, 0), ("self-training", 0.01, 0), ("memcif", 0.01, 0), ("nnunet", 0.05, 0),
+        ("self-training", 0.05, 0), ("memcif", 0.05, 0), ("nnunet-all", 1.0, 0)]
+    assert len(runs) == 14 and runs[-1] == Run("nnunet-all", 1.0, 1)
+    with pytest.raises(PluginUserError, match="add nnunet"):
+        check_arguments([0.1], ["self-training"], 1, 1, [0])
+    with pytest.raises(PluginUserError, match="--configuration 3d_lowres"):
+        check_arguments([0.1], ["nnunet"], 1, 1, [0], "3d_lowres")
+    with pytest.raises(PluginUserError, match="--batch-size"):
+        check_arguments([0.1], ["nnunet"], 1, 1, [0], "2d", 0)
+
+
+def test_table_trainers_need_their_setting(monkeypatch):
+    monkeypatch.delenv(TABLE_RUN_VARIABLE, raising=False)
+    with pytest.raises(PluginUserError, match="nnunet-mem-cif table"):
+        table_run_setting()
+    monkeypatch.setenv(TABLE_RUN_VARIABLE, "{not json")
+    with pytest.raises(PluginUserError, match="not valid JSON"):
+        table_run_setting()
+    monkeypatch.setenv(TABLE_RUN_VARIABLE, json.dumps({"labeled_fraction": 0.1, "epochs": 2}))
+    with pytest.raises(PluginUserError, match="iterations_per_epoch, seed"):
+        table_run_setting()
+
+
+def test_table_refuses_bad_input_in_one_line(workspace, tmp_path):
+    result = workspace.run("nnunet-mem-cif", "table", "--dataset-id", str(DATASET_ID), "--output-dir",
+                           str(tmp_path / "out"), "--fractions", "1.5", check=False)
+    assert result.returncode == 2 and "fractions must lie in (0, 1]" in result.stderr
+    assert "Traceback" not in result.stderr
+    (tmp_path / "raw" / "imagesTs").mkdir(parents=True)
+    (tmp_path / "pre").mkdir()
+    (tmp_path / "pre" / "nnUNetPlans.json").write_text("{}")
+    with pytest.raises(PluginUserError, match=r"raw/imagesTs is missing or empty"):
+        check_dataset(str(tmp_path / "raw"), str(tmp_path / "pre"))
+    with pytest.raises(PluginUserError, match="nnUNetv2_plan_and_preprocess"):
+        check_dataset(str(tmp_path / "raw"), str(tmp_path))
+
+
+@pytest.mark.e2e
+def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace, tmp_path):
+    """Every row of the table with a 1-epoch schedule through nnUNetv2_train / _predict, then a rerun skips all."""
+    output = tmp_path / "table"
+    args = ("nnunet-mem-cif", "table", "--dataset-id", str(DATASET_ID), "--output-dir", str(output),
+            "--fractions", "0.5", "--epochs", "1", "--iterations", "2", "--seeds", "3", "--device", "cpu")
+    workspace.run(*args, timeout=2400)
+    records = load_records(str(output))
+    assert [r["method"] for r in records] == list(METHODS)
+    *fraction_runs, upper_bound = records
+    # same fold, fraction and seed: every method saw the same labeled cases, the SSL ones the rest as unlabeled
+    assert len({tuple(r["labeled_cases"]) for r in fraction_runs}) == 1
+    assert all(len(r["labeled_cases"]) == 2 and r["unlabeled_pool"] == 2 for r in fraction_runs)
+    assert upper_bound["labeled_fraction"] == 1 and len(upper_bound["labeled_cases"]) == 4
+    for r in records:
+        assert r["test_cases"] == ["test_000", "test_001"] and r["epochs"] == 1 and r["seed"] == 3
+        assert 0 <= r["mean"]["mean"]["dice"] <= 1 and r["versions"]["nnunetv2"].startswith("2.8")
+        assert set(r["case_dice"]) == {"test_000", "test_001"}  # per-case metrics kept for the paired report
+        log = (output / "runs" / r["method"] / f"fraction{r['labeled_fraction']:g}_seed3" / "train.log").read_text()
+        assert f"-tr {r['trainer']}" in log and log.count("Epoch time:") == 1
+        assert bool(re.search(r"SSL: supervised loss", log)) == METHODS[r["method"]].unlabeled
+    # self-training: the hidden-label cases preprocessed from the supervised run's predictions, the rest nnU-Net's
+    self_training = output / "runs" / "self-training" / "fraction0.5_seed3"
+    hidden = json.loads((self_training / "run.json").read_text())
+    subset_file = next(self_training.glob("nnUNet_results/*/*/fold_0/labeled_subset.json"))
+    hidden_cases = json.loads(subset_file.read_text())["unlabeled"]
+    assert {c + ".nii.gz" for c in hidden_cases} <= set(os.listdir(self_training / "pseudo_labels"))
+    folder = next((self_training / "pseudo_labeled").iterdir())
+    for name in os.listdir(folder):
+        assert os.path.islink(folder / name) == (name.split(".")[0].removesuffix("_seg") not in hidden_cases)
+    assert set(hidden["stage_seconds"]) == {"first_training", "pseudo_label_prediction", "pseudo_label_preprocessing",
+                                            "second_training"}
+    table = (output / "results.md").read_text()
+    assert len([line for line in table.splitlines() if line.startswith("| 50% |")]) == len(METHODS) - 1
+    assert "| 100% | nnU-Net, all labels (upper bound) | 4 |" in table and "## Paired differences" in table
+    again = workspace.run(*args)
+    assert again.stdout.count("done before, skipped") == len(METHODS)
+    assert os.path.isfile(os.path.join(output, "results.png"))
+    assert DATASET_NAME in table
+
+
+def test_a_failed_nnunet_step_is_one_line_naming_its_last_output_and_log(tmp_path):
+    from nnunet_mem_cif.nnunet_commands import StepFailed, run_step
+    log = tmp_path / "step.log"
+    failing = [sys.executable, "-c", "import sys; print('working'); print('CUDA is not available'); sys.exit(3)"]
+    with pytest.raises(StepFailed) as raised:
+        run_step("[1/1] nnUNetv2_train", failing, dict(os.environ), str(log))
+    message = str(raised.value)
+    assert "exit code 3" in message and "CUDA is not available" in message and str(log) in message
+    assert "working" in log.read_text()  # the whole output is kept in the log
+    assert isinstance(raised.value, PluginUserError)  # so that the command line shows one line, exit code 2
