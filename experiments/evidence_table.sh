@@ -18,7 +18,7 @@ export nnUNet_results="$WORKDIR/nnUNet_results"
 export nnUNet_compile="${nnUNet_compile:-0}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-1}"
 # the schedule (chosen on fold-0 validation cases, see docs/results.md); the same for every row
-SCHEDULE=(-c 2d --batch-size 8 --epochs 20 --iterations 40)
+SCHEDULE=(-c 2d --batch-size 16 --epochs 15 --iterations 40 --disable-tta)
 if [ ! -f "$nnUNet_preprocessed/Dataset992_EvidenceTable/nnUNetPlans.json" ]; then
     nnunet-mem-cif make-phantom "$WORKDIR/phantom" --cases 130 --spacing 3 --seed 0 --overwrite
     # 30 of 130 cases held out for testing

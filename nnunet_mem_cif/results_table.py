@@ -257,7 +257,7 @@ def check_no_test_case_in_training(raw_dataset: str, file_ending: str, reader_cl
 def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], methods: Sequence[str],
               epochs: int, iterations_per_epoch: int, seeds: Sequence[int], device: str, fold=0,
               command: Optional[str] = None, configuration: str = "3d_fullres",
-              batch_size: Optional[int] = None) -> List[dict]:
+              batch_size: Optional[int] = None, disable_tta: bool = False) -> List[dict]:
     """Train, predict and evaluate every missing (seed, fraction, method), then write the table.
 
     Everything is checked before the output folder is created: the arguments, the dataset (plans, preprocessed
@@ -288,7 +288,7 @@ def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], meth
                                    ["file_ending"], plans.image_reader_writer_class)
     os.makedirs(output_dir, exist_ok=True)
     table = TableSetting(dataset_id, dataset_name, raw_dataset, preprocessed_dataset, output_dir, configuration,
-                         fold, epochs, iterations_per_epoch, batch_size, device, command)
+                         fold, epochs, iterations_per_epoch, batch_size, disable_tta, device, command)
     runs = table_runs(methods, fractions, seeds)
     records = []
     for index, run in enumerate(runs, 1):
@@ -310,6 +310,7 @@ class TableSetting:
     epochs: int
     iterations_per_epoch: int
     batch_size: Optional[int]
+    disable_tta: bool  # no mirroring at validation, pseudo-labelling and test prediction, for every row alike
     device: str
     command: Optional[str]
 
@@ -321,13 +322,14 @@ class TableSetting:
 
     def predict(self, title: str, trainer: str, images: str, predictions: str, run_dir: str, log: str) -> float:
         """``nnUNetv2_predict`` of a run's model on a folder of images; returns its wall time."""
-        from nnunet_mem_cif.nnunet_commands import run_step
         from nnunet_mem_cif.discovery import console_script
+        from nnunet_mem_cif.nnunet_commands import run_step
         shutil.rmtree(predictions, ignore_errors=True)  # a prediction interrupted before is redone whole
         start = time.time()
-        run_step(title, [console_script("nnUNetv2_predict"), "-i", images, "-o", predictions, "-d",
-                         str(self.dataset_id), "-c", self.configuration, "-tr", trainer, "-f", str(self.fold),
-                         "-device", self.device, "-npp", "1", "-nps", "1"], self.environment(run_dir), log)
+        command = [console_script("nnUNetv2_predict"), "-i", images, "-o", predictions, "-d", str(self.dataset_id),
+                   "-c", self.configuration, "-tr", trainer, "-f", str(self.fold), "-device", self.device, "-npp", "1",
+                   "-nps", "1"]
+        run_step(title, command + (["--disable_tta"] if self.disable_tta else []), self.environment(run_dir), log)
         return time.time() - start
 
 
@@ -351,6 +353,8 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
                "iterations_per_epoch": table.iterations_per_epoch, "seed": run.seed}
     if table.batch_size is not None:
         setting["batch_size"] = table.batch_size
+    if table.disable_tta:
+        setting["disable_tta"] = True
     stages = {}
     if method.pseudo_labels:
         setting["pseudo_labeled_folder"], stages = pseudo_label(run, title, table)
@@ -570,8 +574,8 @@ def markdown_report(records: List[dict]) -> str:
         return "no finished runs yet\n"
     first = records[0]
     seeds = sorted({r["seed"] for r in records})
-    schedules = sorted({(r["epochs"], r["iterations_per_epoch"], r.get("batch_size")) for r in records},
-                       key=str)
+    schedules = sorted({(r["epochs"], r["iterations_per_epoch"], r.get("batch_size"), r.get("disable_tta", False))
+                        for r in records}, key=str)
     lines = [f"# {first['dataset']}: {len(first['test_cases'])} held-out test cases, fold {first['fold']}, "
              f"{first['configuration']}",
              "",
@@ -579,7 +583,8 @@ def markdown_report(records: List[dict]) -> str:
              f"and the initialisation); values are the mean over test cases, then mean ± std over seeds",
              "- schedule: " + "; ".join(f"{e} epochs x {i} iterations"
                                         + (f", batch size {b}" if b else ", the plans' batch size")
-                                        for e, i, b in schedules),
+                                        + (", no test-time mirroring" if tta_off else "")
+                                        for e, i, b, tta_off in schedules),
              f"- device: {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()),
              _commands_line(records),
              "",

@@ -45,7 +45,8 @@ class TableRun:
     Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250). Optional
     ``mem_lr_multiplier`` / ``cif_lr_multiplier`` keys override the MEM/CIF rows' multipliers
     (experiments/choose_fusion_lr.py compares them on validation folds). An optional ``batch_size`` replaces the
-    plans' for every row alike (a CPU table's setting), and ``pseudo_labeled_folder`` points self-training's second
+    plans' for every row alike (a CPU table's setting), ``disable_tta`` predicts the fold's validation cases without
+    mirroring (as ``nnUNetv2_predict --disable_tta`` does the test cases), and ``pseudo_labeled_folder`` points self-training's second
     stage at the preprocessed cases whose labels the first stage predicted."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
@@ -65,6 +66,7 @@ class TableRun:
                     raise PluginUserError(f"{type(self).__name__} has no MEM/CIF optimizer groups: {key} does not "
                                           f"apply to it")
                 setattr(self, key, float(setting[key]))
+        self.disable_tta = bool(setting.get("disable_tta", False))
         if "batch_size" in setting:  # nnU-Net reads it from the configuration in initialize()
             self.configuration_manager.configuration["batch_size"] = int(setting["batch_size"])
         if "pseudo_labeled_folder" in setting:
@@ -75,6 +77,18 @@ class TableRun:
         elif isinstance(self, PseudoLabelsMixin):
             raise PluginUserError(f"{type(self).__name__} needs pseudo_labeled_folder in {TABLE_RUN_VARIABLE}: "
                                   f"'nnunet-mem-cif table --methods self-training' makes it")
+
+
+    def perform_actual_validation(self, save_probabilities: bool = False):
+        """nnU-Net's final validation; without mirroring where the table predicts without it (``disable_tta``), so
+        that validation and test cases are predicted alike. The checkpoint keeps nnU-Net's mirroring axes."""
+        if not self.disable_tta:
+            return super().perform_actual_validation(save_probabilities)
+        axes, self.inference_allowed_mirroring_axes = self.inference_allowed_mirroring_axes, None
+        try:
+            return super().perform_actual_validation(save_probabilities)
+        finally:
+            self.inference_allowed_mirroring_axes = axes
 
 
 class PseudoLabelsMixin:
