@@ -238,7 +238,7 @@ def main() -> None:
     parser.add_argument("--prepare-only", action="store_true",
                         help="make, plan and preprocess the phantom dataset, then stop (it can run on the CPU while "
                              "other work uses the GPU)")
-    parser.add_argument("--trainers", nargs="+", default=[BASELINE, "MemCifTrainer_noSSL", "MeanTeacherTrainer",
+    parser.add_argument("--trainers", nargs="+", default=[BASELINE, "MemCifTrainer", "MeanTeacherTrainer",
                                                           METHOD],
                         help=f"trainers timed in the training-step section; {BASELINE} and {METHOD} always")
     args = parser.parse_args()

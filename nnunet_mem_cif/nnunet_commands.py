@@ -98,7 +98,8 @@ def prepare_phantom_dataset(workdir: str, dataset_id: int, dataset_name: str, nu
     """Phantom cases -> BraTS conversion -> nnUNetv2_plan_and_preprocess (3d_fullres) -> preprocess-unlabeled.
 
     Everything inside ``workdir`` (nnU-Net's folders from ``env``, as ``nnunet_environment`` makes them; every step
-    runs in ``env``, nothing reads this process's environment); returns the raw dataset folder. ``labeled_fraction=None`` keeps every training case labeled (no unlabeled folder).
+    runs in ``env``, nothing reads this process's environment); returns the raw dataset folder.
+    ``labeled_fraction=None`` keeps every training case labeled (no unlabeled folder).
     """
     from nnunet_mem_cif.brats import convert_brats2019
     from nnunet_mem_cif.phantom import make_phantom

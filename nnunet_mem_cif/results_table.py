@@ -43,7 +43,7 @@ METHODS: Dict[str, Method] = {
     "nnunet": Method("supervised nnU-Net", "nnUNetTrainer_table"),
     "self-training": Method("nnU-Net self-training", "nnUNetTrainer_selftraining_table", pseudo_labels=True),
     "mean-teacher": Method("Mean Teacher", "MeanTeacherTrainer_table", unlabeled=True),
-    "memcif-supervised": Method("MEM + CIF, supervised", "MemCifTrainer_noSSL_table"),
+    "memcif-supervised": Method("MEM + CIF, supervised", "MemCifTrainer_table"),
     "no-mem": Method("no MEM", "MemCifSemiTrainer_noMEM_table", unlabeled=True),
     "no-cif": Method("no CIF", "MemCifSemiTrainer_noCIF_table", unlabeled=True),
     "memcif": Method("full method", "MemCifSemiTrainer_table", unlabeled=True),
@@ -557,8 +557,9 @@ def paired_report(records: List[dict]) -> List[str]:
             if mean is None:
                 continue
             et = paired_difference(records, a, b, fraction, "enhancing_tumor")
-            rows.append(f"| {fraction:.0%} | {METHODS[a].row} - {METHODS[b].row} | {mean[3]} | "
-                        f"{mean[0]:+.3f} [{mean[1]:+.3f}, {mean[2]:+.3f}] | {et[0]:+.3f} [{et[1]:+.3f}, {et[2]:+.3f}] |")
+            cells = [f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for d in (mean, et)]
+            rows.append(f"| {fraction:.0%} | {METHODS[a].row} - {METHODS[b].row} | {mean[3]} | {cells[0]} | "
+                        f"{cells[1]} |")
     if not rows:
         return []
     return ["", "## Paired differences (Dice, A - B)", "",

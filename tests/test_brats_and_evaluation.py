@@ -11,7 +11,7 @@ from nnunet_mem_cif.brats import BratsConversionError, MODALITIES, brats_to_nnun
     convert_predictions_to_brats, nnunet_to_brats_labels
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import REGIONS_BRATS, evaluate_folders, hd95, region_metrics, write_results
-from synthetic_data import make_brats_folder, tree_hash, write_image
+from .synthetic_data import make_brats_folder, tree_hash, write_image
 
 
 def test_label_mapping_round_trip():

@@ -21,6 +21,7 @@ def loss_and_gradients(network: nn.Module, parameters: list, x: torch.Tensor):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_memcif_unet_compiles_without_graph_breaks_and_matches_eager():
     torch.manual_seed(0)
     network = MemCifUNet(**KWARGS)

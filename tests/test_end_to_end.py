@@ -11,7 +11,7 @@ import SimpleITK as sitk
 import torch
 
 from nnunet_mem_cif.discovery import console_script
-from nnunet_workspace import DATASET_ID, DATASET_NAME
+from .nnunet_workspace import DATASET_ID, DATASET_NAME
 
 pytestmark = pytest.mark.e2e
 SSL_LINE = re.compile(r"SSL: supervised loss ([\d.]+), consistency loss ([\d.]+), consistency weight ([\d.]+), "
@@ -101,7 +101,7 @@ def test_killed_training_resumes_with_identical_state(workspace, tmp_path, monke
     """Kill nnUNetv2_train during epoch 1, then ``--c``: student, teacher, optimizer and ramp-up come back."""
     import signal
     from nnunetv2.run.run_training import maybe_load_checkpoint
-    from nnunet_workspace import make_trainer
+    from .nnunet_workspace import make_trainer
     results = str(tmp_path / "results")
     command = [console_script("nnUNetv2_train"), str(DATASET_ID), "3d_fullres", "1", "-tr", "MemCifSemiTrainer_debug",
                "-device", "cpu"]

@@ -22,7 +22,7 @@ from nnunet_mem_cif.cli import main
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.errors import PluginUserError, user_error_line
 from nnunet_mem_cif.image_checks import distinct_labels, geometry_difference
-from synthetic_data import make_brats_folder, tree_hash, write_image
+from .synthetic_data import make_brats_folder, tree_hash, write_image
 
 
 def user_error(capsys, *args) -> str:
@@ -514,12 +514,12 @@ def test_preprocess_unlabeled_refuses_bad_arguments_before_reading_anything(tmp_
 @pytest.fixture
 def dataset_copy(workspace, tmp_path, monkeypatch):
     """A private copy of the session's planned and preprocessed dataset (the shared one is never changed)."""
-    from nnunet_workspace import private_copy
+    from .nnunet_workspace import private_copy
     return private_copy(workspace, str(tmp_path / "ws"), monkeypatch)
 
 
 def _dataset_folders(ws):
-    from nnunet_workspace import DATASET_NAME
+    from .nnunet_workspace import DATASET_NAME
     return os.path.join(ws.raw, DATASET_NAME), os.path.join(ws.preprocessed, DATASET_NAME)
 
 

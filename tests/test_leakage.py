@@ -15,8 +15,8 @@ import nnunet_mem_cif.ssl.unlabeled_data as unlabeled_data
 from nnunet_mem_cif.results_table import TableError, check_no_test_case_in_training
 from nnunet_mem_cif.cli import main
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError, preprocess_unlabeled
-from nnunet_workspace import DATASET_NAME, make_trainer, private_copy
-from synthetic_data import tree_hash
+from .nnunet_workspace import DATASET_NAME, make_trainer, private_copy
+from .synthetic_data import tree_hash
 
 
 @pytest.fixture

@@ -102,7 +102,7 @@ def test_network_from_real_nnunet_plans(workspace):
     """Built by nnU-Net's own get_network_from_plans from the plans nnUNetv2_plan_and_preprocess wrote."""
     from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunet_workspace import DATASET_NAME
+    from .nnunet_workspace import DATASET_NAME
     plans = PlansManager(os.path.join(workspace.preprocessed, DATASET_NAME, "nnUNetPlans.json"))
     configuration = plans.get_configuration("3d_fullres")
     net = get_network_from_plans("nnunet_mem_cif.architectures.MemCifUNet", configuration.network_arch_init_kwargs,

@@ -11,7 +11,7 @@ from nnunet_mem_cif.results_table import METHODS, REGIONS, Run, check_arguments,
     markdown_report, paired_difference, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
-from nnunet_workspace import DATASET_ID, DATASET_NAME
+from .nnunet_workspace import DATASET_ID, DATASET_NAME
 
 
 def fake_record(method: str, fraction: float, seed: int, dice: float) -> dict:

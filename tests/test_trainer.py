@@ -10,7 +10,7 @@ from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
 from nnunet_mem_cif.trainers.semi_supervised import CheckpointError
-from nnunet_workspace import make_trainer
+from .nnunet_workspace import make_trainer
 
 
 @pytest.fixture
@@ -106,7 +106,7 @@ def test_hidden_label_mode_hides_labels_of_a_seeded_subset(trainer_env):
 
 def test_network_switches_of_the_variants(trainer_env):
     for name, use_mem, use_cif in [("MemCifSemiTrainer", True, True), ("MemCifSemiTrainer_noMEM", False, True),
-                                   ("MemCifSemiTrainer_noCIF", True, False), ("MemCifTrainer_noSSL", True, True)]:
+                                   ("MemCifSemiTrainer_noCIF", True, False), ("MemCifTrainer", True, True)]:
         trainer = make_trainer(name)
         network = trainer.build_network_architecture(trainer.plans_manager, trainer.configuration_manager, 4, 3,
                                                      enable_deep_supervision=False)
@@ -117,7 +117,7 @@ def test_network_switches_of_the_variants(trainer_env):
 def test_missing_unlabeled_data_stops_before_training(trainer_env, monkeypatch, tmp_path):
     """A semi-supervised trainer never falls back to supervised training."""
     import shutil
-    from nnunet_workspace import DATASET_NAME
+    from .nnunet_workspace import DATASET_NAME
     copy = tmp_path / "preprocessed"
     shutil.copytree(os.path.join(trainer_env.preprocessed, DATASET_NAME), copy / DATASET_NAME)
     shutil.rmtree(copy / DATASET_NAME / "nnUNetPlans_3d_fullres_unlabeled")

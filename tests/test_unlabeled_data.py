@@ -8,7 +8,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from nnunet_workspace import DATASET_NAME
+from .nnunet_workspace import DATASET_NAME
 from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError, find_unlabeled_cases, load_unlabeled_dataset, \
     manifest_file, unlabeled_folder
@@ -104,7 +104,7 @@ def test_cases_changed_by_hand_are_refused(preprocessed_copy):
 
 def test_unlabeled_loader_batches(workspace, monkeypatch, tmp_path):
     """The trainer's unlabeled loader: weak + strong view stacked on channels, a brain mask per DS scale."""
-    from nnunet_workspace import make_trainer
+    from .nnunet_workspace import make_trainer
     workspace.set_environment(monkeypatch)
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")  # single-threaded augmenters: no worker processes in this test

@@ -15,7 +15,7 @@ class HiddenLabelsMixin:
     the fold's output folder. Validation cases are nnU-Net's, untouched. Supervised and semi-supervised rows of the
     paper's table share this code, so that with the same fold, fraction and seed they share the labeled cases.
     """
-    labeled_fraction: Optional[float] = None  # set in a variant's __init__
+    labeled_fraction: Optional[float] = None  # a variant sets it as a class attribute (trainers/labeled_fraction.py)
     labeled_subset_seed: int = 12345
     hidden_label_keys: Optional[List[str]] = None
     validation_keys: Optional[List[str]] = None  # the fold's, kept to check that no hidden-label case is one

@@ -1,29 +1,18 @@
 """Hidden-label mode: the paper's 1 %, 5 %, 10 % labeled settings from one fully labeled dataset.
 
 Only a seeded fraction of the fold's training cases keeps its labels; the others are used as unlabeled data
-(their labels are never read). See SemiSupervisedTrainer.do_split.
+(their labels are never read). See HiddenLabelsMixin.do_split.
 """
-import torch
-
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
 
 
 class MemCifSemiTrainer_1pct(MemCifSemiTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.labeled_fraction = 0.01
+    labeled_fraction = 0.01
 
 
 class MemCifSemiTrainer_5pct(MemCifSemiTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.labeled_fraction = 0.05
+    labeled_fraction = 0.05
 
 
 class MemCifSemiTrainer_10pct(MemCifSemiTrainer):
-    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
-                 device: torch.device = torch.device("cuda")):
-        super().__init__(plans, configuration, fold, dataset_json, device)
-        self.labeled_fraction = 0.10
+    labeled_fraction = 0.10

@@ -12,7 +12,7 @@ from nnunet_mem_cif.trainers.fusion_optimizer import CIF_LR_MULTIPLIER, MEM_LR_M
     fusion_parameter_groups
 
 
-class MemCifTrainer_noSSL(nnUNetTrainer):
+class MemCifTrainer(nnUNetTrainer):
     """nnU-Net's trainer, unchanged except that the network is MemCifUNet built from the plans' PlainConvUNet
     arguments.
 
@@ -55,3 +55,7 @@ class MemCifTrainer_noSSL(nnUNetTrainer):
                                          {ModalitySpecificEnhancement: self.mem_lr_multiplier,
                                           ComplementaryInformationFusion: self.cif_lr_multiplier})
         return fusion_optimizer(groups, self.initial_lr, self.weight_decay, self.num_epochs)
+
+
+class MemCifTrainer_noSSL(MemCifTrainer):
+    """The former name of ``MemCifTrainer``, kept so that models trained under it still load in nnUNetv2_predict."""

@@ -16,7 +16,7 @@ from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSem
 from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
-from nnunet_mem_cif.trainers.memcif_trainer import MemCifTrainer_noSSL
+from nnunet_mem_cif.trainers.memcif_trainer import MemCifTrainer
 
 TABLE_RUN_VARIABLE = "NNUNET_MEM_CIF_TABLE_RUN"
 TABLE_RUN_KEYS = ("labeled_fraction", "epochs", "iterations_per_epoch", "seed")
@@ -116,7 +116,7 @@ class MeanTeacherTrainer_table(TableRun, MeanTeacherTrainer):
     """Mean Teacher with nnU-Net's PlainConvUNet."""
 
 
-class MemCifTrainer_noSSL_table(TableRun, HiddenLabelsMixin, MemCifTrainer_noSSL):
+class MemCifTrainer_table(TableRun, HiddenLabelsMixin, MemCifTrainer):
     """MEM + CIF network, supervised on the labeled fraction only."""
 
 

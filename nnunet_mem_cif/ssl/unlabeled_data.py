@@ -90,7 +90,7 @@ def find_unlabeled_cases(images_folder: str, file_ending: str, num_channels: int
         channels.setdefault(case, {})[channel] = join(images_folder, name)
     if not channels:
         raise UnlabeledDataError(f"{images_folder} holds no unlabeled images (*{file_ending}). Add cases or train "
-                                 f"without unlabeled data (MemCifTrainer_noSSL).")
+                                 f"without unlabeled data (MemCifTrainer).")
     for case, files in channels.items():
         missing = [c for c in range(num_channels) if c not in files]
         if missing:
