@@ -16,11 +16,12 @@ import subprocess
 
 import numpy as np
 import SimpleITK as sitk
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
 from nnunet_mem_cif.demo import DEMO_DATASET, DEMO_DATASET_ID, DEMO_TRAINER
-from nnunet_mem_cif.nnunet_commands import nnunet_environment
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.evaluation import evaluate_folders
+from nnunet_mem_cif.nnunet_commands import nnunet_environment
 
 MODALITY_NAMES = ("T1", "T1ce", "T2", "FLAIR")
 BASELINE = "SupervisedBaselineTrainer_demo"
@@ -67,7 +68,8 @@ def main() -> None:
     if not os.path.isdir(dataset):
         raise SystemExit(f"{dataset} not found: run 'nnunet-mem-cif demo --workdir {args.workdir}' first")
     baseline_folder = os.path.join(env["nnUNet_results"], DEMO_DATASET,
-                                   f"{BASELINE}__nnUNetPlans__3d_fullres", "fold_all")
+                                   convert_trainer_plans_config_to_identifier(BASELINE, "nnUNetPlans", "3d_fullres"),
+                                   "fold_all")
     if not os.path.isfile(os.path.join(baseline_folder, "checkpoint_final.pth")):
         print(f"training {BASELINE} (nnU-Net's trainer, same labeled cases and schedule) ...", flush=True)
         subprocess.run([console_script("nnUNetv2_train"), str(DEMO_DATASET_ID), "3d_fullres", "all", "-tr", BASELINE,

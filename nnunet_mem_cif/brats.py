@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import sys
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -18,6 +18,7 @@ from tqdm import tqdm
 from nnunet_mem_cif.atomic import atomic_folder, check_output_folder, is_within
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file, distinct_labels
+from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, UNLABELED_FOLDER
 from nnunet_mem_cif.splits import split_labeled_fraction
 
 MODALITIES = ("t1", "t1ce", "t2", "flair")  # nnU-Net channel index = position
@@ -26,6 +27,11 @@ NNUNET_LABELS = (0, 1, 2, 3)
 LABEL_CONVENTIONS = {"nnU-Net": NNUNET_LABELS, "BraTS": BRATS_LABELS}
 BRATS_TO_NNUNET = {0: 0, 2: 1, 1: 2, 4: 3}
 NNUNET_TO_BRATS = {v: k for k, v in BRATS_TO_NNUNET.items()}
+# the evaluated regions: nested label ranges in nnU-Net's labels (what region-based training needs), and the same
+# regions in BraTS's labels
+REGIONS_NNUNET: Dict[str, Tuple[int, ...]] = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
+REGIONS_BRATS: Dict[str, Tuple[int, ...]] = {name: tuple(sorted(NNUNET_TO_BRATS[label] for label in labels))
+                                             for name, labels in REGIONS_NNUNET.items()}
 SUBSETS = {"HGG": ("HGG",), "LGG": ("LGG",), "all": ("HGG", "LGG")}
 
 
@@ -67,28 +73,28 @@ def _check_labels(labels: np.ndarray, convention: str, source: str, advice: str)
         raise BratsConversionError(f"{problem}. {advice}")
 
 
-def _map_labels(labels: np.ndarray, mapping: Dict[int, int], source: str,
-                advice: str = "Fix or remove this segmentation.") -> np.ndarray:
-    convention = next(name for name, values in LABEL_CONVENTIONS.items() if set(values) == set(mapping))
-    _check_labels(labels, convention, source, advice)
-    lookup = np.zeros(max(mapping) + 1, dtype=np.uint8)
-    for old, new in mapping.items():
+def brats_to_nnunet_labels(labels: np.ndarray, source: str = "segmentation",
+                           advice: str = "Fix or remove this segmentation.") -> np.ndarray:
+    """Ours: nnU-Net's BraTS conversion script maps labels only file to file, without checking them."""
+    _check_labels(labels, "BraTS", source, advice)
+    lookup = np.zeros(max(BRATS_TO_NNUNET) + 1, dtype=np.uint8)
+    for old, new in BRATS_TO_NNUNET.items():
         lookup[old] = new
     return lookup[labels.astype(np.int64)]
 
 
-def brats_to_nnunet_labels(labels: np.ndarray, source: str = "segmentation") -> np.ndarray:
-    return _map_labels(labels, BRATS_TO_NNUNET, source)
+def nnunet_to_brats_labels(labels: np.ndarray, source: str = "segmentation",
+                           advice: str = "Fix or remove this segmentation.") -> np.ndarray:
+    """nnU-Net's own back-conversion (its BraTS 2021 conversion script's), after the labels are checked."""
+    from nnunetv2.dataset_conversion.Dataset137_BraTS21 import convert_labels_back_to_BraTS
+    _check_labels(labels, "nnU-Net", source, advice)
+    return convert_labels_back_to_BraTS(labels.astype(np.uint8))
 
 
-def nnunet_to_brats_labels(labels: np.ndarray, source: str = "segmentation") -> np.ndarray:
-    return _map_labels(labels, NNUNET_TO_BRATS, source)
-
-
-def _convert_label_file(source: str, target: str, mapping: Dict[int, int],
+def _convert_label_file(source: str, target: str, convert: Callable[..., np.ndarray],
                         advice: str = "Fix or remove this segmentation.") -> None:
     image = _read_checked(source)
-    converted = sitk.GetImageFromArray(_map_labels(sitk.GetArrayFromImage(image), mapping, source, advice))
+    converted = sitk.GetImageFromArray(convert(sitk.GetArrayFromImage(image), source, advice))
     converted.CopyInformation(image)
     sitk.WriteImage(converted, target)
 
@@ -129,8 +135,8 @@ def convert_predictions_to_brats(prediction_folder: str, output_folder: str, fil
         _check_labels(sitk.GetArrayViewFromImage(image), "nnU-Net", path, advice)
     with atomic_folder(output_folder, overwrite) as partial:
         for name in tqdm(files, desc="Converting predictions to BraTS labels", unit="case"):
-            _convert_label_file(os.path.join(prediction_folder, name), os.path.join(partial, name), NNUNET_TO_BRATS,
-                                advice)
+            _convert_label_file(os.path.join(prediction_folder, name), os.path.join(partial, name),
+                                nnunet_to_brats_labels, advice)
     return len(files)
 
 
@@ -238,11 +244,21 @@ def split_cases(case_ids: Sequence[str], test_fraction: float, labeled_fraction:
     return {"test": test, "labeled": labeled, "unlabeled": unlabeled}
 
 
+def write_dataset_json(folder: str, num_training: int) -> None:
+    """``folder/dataset.json`` through nnU-Net's own ``generate_dataset_json``."""
+    from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
+    fields = region_dataset_json(num_training)
+    generate_dataset_json(folder, fields.pop("channel_names"), fields.pop("labels"), fields.pop("numTraining"),
+                          fields.pop("file_ending"), license="see the BraTS 2019 data terms",
+                          converted_by="nnunet-mem-cif convert-brats2019", **fields)
+
+
 def region_dataset_json(num_training: int) -> dict:
     return {
         "channel_names": {str(i): m.upper() if m != "t1ce" else "T1ce" for i, m in enumerate(MODALITIES)},
-        "labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
-        "regions_class_order": [1, 2, 3],
+        "labels": {"background": 0, **{name: list(labels) if len(labels) > 1 else labels[0]
+                                        for name, labels in REGIONS_NNUNET.items()}},
+        "regions_class_order": [min(labels) for labels in REGIONS_NNUNET.values()],
         "numTraining": num_training,
         "file_ending": ".nii.gz",
         "description": "BraTS 2019 converted by nnunet-mem-cif (labels: 1 edema, 2 necrotic/non-enhancing core, "
@@ -279,8 +295,8 @@ def convert_brats2019(brats_dir: str, raw_root: str, dataset_id: int, name: str 
         print(f"nnunet-mem-cif: removing {legacy}, left over from an interrupted run", file=sys.stderr)
         shutil.rmtree(legacy)
     with atomic_folder(target, overwrite) as partial:
-        folders = {"test": ("imagesTs", "labelsTs"), "labeled": ("imagesTr", "labelsTr"),
-                   "unlabeled": ("imagesUnlabeled", None)}
+        folders = {"test": (TEST_FOLDER, "labelsTs"), "labeled": (TRAINING_FOLDER, "labelsTr"),
+                   "unlabeled": (UNLABELED_FOLDER, None)}
         for images, labels in folders.values():
             os.makedirs(os.path.join(partial, images))
             if labels:
@@ -295,9 +311,8 @@ def convert_brats2019(brats_dir: str, raw_root: str, dataset_id: int, name: str 
                                 os.path.join(partial, images, f"{case}_{channel:04d}.nii.gz"))
             if labels:
                 _convert_label_file(os.path.join(source, f"{case}_seg.nii.gz"),
-                                    os.path.join(partial, labels, f"{case}.nii.gz"), BRATS_TO_NNUNET)
-        with open(os.path.join(partial, "dataset.json"), "w") as f:
-            json.dump(region_dataset_json(len(split["labeled"])), f, indent=2)
+                                    os.path.join(partial, labels, f"{case}.nii.gz"), brats_to_nnunet_labels)
+        write_dataset_json(partial, len(split["labeled"]))
         record = {"source": os.path.abspath(brats_dir), "subset": subset, "seed": seed,
                   "test_fraction": test_fraction, "labeled_fraction": labeled_fraction, "cases": split}
         with open(os.path.join(partial, "conversion.json"), "w") as f:

@@ -39,7 +39,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
                                args.test_fraction, args.labeled_fraction, args.seed, args.overwrite)
     with open(os.path.join(target, "conversion.json")) as f:
         split = json.load(f)["cases"]
-    for group, folder in (("labeled", "imagesTr"), ("unlabeled", "imagesUnlabeled"), ("test", "imagesTs")):
+    from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, UNLABELED_FOLDER
+    for group, folder in (("labeled", TRAINING_FOLDER), ("unlabeled", UNLABELED_FOLDER), ("test", TEST_FOLDER)):
         print(f"{group} ({folder}, {len(split[group])}): {' '.join(split[group])}")
     print(f"Wrote {target}; the case lists are recorded in {os.path.join(target, 'conversion.json')}")
     return 0
@@ -77,15 +78,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(requested: str, error: type) -> str:
-    """``auto`` resolved; ``cuda`` refused up front where torch sees no GPU (rather than in nnU-Net's log later)."""
-    import torch
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise error("--device cuda, but torch sees no CUDA GPU. Use --device cpu (slow) or run on a machine with one.")
-    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
-
-
 def _cmd_table(args: argparse.Namespace) -> int:
+    from nnunet_mem_cif.nnunet_commands import resolve_device
     from nnunet_mem_cif.results_table import TableError, command_line, run_table, write_report
     if args.report_only:
         if not os.path.isdir(os.path.join(args.output_dir, "runs")):
@@ -94,7 +88,7 @@ def _cmd_table(args: argparse.Namespace) -> int:
         for path in write_report(args.output_dir):
             print(f"wrote {path}")
         return 0
-    device = _device(args.device, TableError)
+    device = resolve_device(args.device, TableError)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     run_table(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
               args.seeds, device, args.fold, command_line(), args.configuration, args.batch_size, args.disable_tta)

@@ -4,26 +4,21 @@ unlabeled preprocessing -> MemCifSemiTrainer (short schedule) -> prediction -> e
 Every nnU-Net step runs nnU-Net's own command-line tool, exactly as a user would type it; their full output goes to
 ``WORKDIR/logs/``. Uses CUDA when torch sees a GPU, the CPU otherwise.
 """
-import os
-import re
 import json
+import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from datetime import datetime
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional
 
 import numpy as np
 import SimpleITK as sitk
-import torch
-from tqdm import tqdm
 
 from nnunet_mem_cif.atomic import check_output_folder, write_atomically
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.errors import PluginUserError
-from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset, run_step
+from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset, resolve_device, run_step
 
 DEMO_TRAINER = "MemCifSemiTrainer_demo"
 DEMO_DATASET_ID = 990
@@ -135,14 +130,14 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     replaced whole with ``overwrite``; an unfinished one (an interrupted or failed run, whose logs are kept until
     then) is removed by the next run, which says so.
     """
+    from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
+
     from nnunet_mem_cif.evaluation import evaluate_folders, markdown_table, write_results
     from nnunet_mem_cif.trainers import MemCifSemiTrainer_demo
 
     start = time.time()
     check_demo_arguments(num_cases, spacing, seed, labeled_fraction, test_fraction)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise DemoError("--device cuda, but torch sees no CUDA GPU. Use --device cpu or auto.")
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    device = resolve_device(device, DemoError)
     workdir = os.path.abspath(workdir)
     earlier = prepare_workdir(workdir, overwrite)
     if earlier == "leftover":
@@ -177,8 +172,8 @@ def run_demo(workdir: str, num_cases: int = 20, spacing: float = 4.0, labeled_fr
     print("[7/7] evaluation, curves, overlays")
     metrics = evaluate_folders(predictions, os.path.join(dataset, "labelsTs"))
     write_results(metrics, os.path.join(results, "metrics.json"))
-    training_folder = os.path.join(env["nnUNet_results"], dataset_name, f"{DEMO_TRAINER}__nnUNetPlans__3d_fullres",
-                                   "fold_all")
+    identifier = convert_trainer_plans_config_to_identifier(DEMO_TRAINER, "nnUNetPlans", "3d_fullres")
+    training_folder = os.path.join(env["nnUNet_results"], dataset_name, identifier, "fold_all")
     shutil.copyfile(os.path.join(training_folder, "progress.png"), os.path.join(results, "progress.png"))
     save_overlays(os.path.join(dataset, "imagesTs"), os.path.join(dataset, "labelsTs"), predictions,
                   os.path.join(results, "overlays"))

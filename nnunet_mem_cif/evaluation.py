@@ -25,13 +25,11 @@ from nnunetv2.evaluation.evaluate_predictions import compute_tp_fp_fn_tn, region
 from scipy import ndimage
 
 from nnunet_mem_cif.atomic import is_within, write_text_atomically
-from nnunet_mem_cif.brats import LABEL_CONVENTIONS, other_label_convention, unexpected_labels_message
+from nnunet_mem_cif.brats import LABEL_CONVENTIONS, REGIONS_BRATS, REGIONS_NNUNET, other_label_convention, \
+    unexpected_labels_message
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import distinct_labels, geometry_difference
 
-# nnU-Net's BraTS label convention (1 edema, 2 necrotic/non-enhancing core, 3 enhancing) and the original BraTS one
-REGIONS_NNUNET: Dict[str, Tuple[int, ...]] = {"whole_tumor": (1, 2, 3), "tumor_core": (2, 3), "enhancing_tumor": (3,)}
-REGIONS_BRATS: Dict[str, Tuple[int, ...]] = {"whole_tumor": (1, 2, 4), "tumor_core": (1, 4), "enhancing_tumor": (4,)}
 METRICS = ("dice", "sensitivity", "hd95")
 _LABEL_FLAG = {"BraTS": "use --brats-labels", "nnU-Net": "drop --brats-labels"}
 

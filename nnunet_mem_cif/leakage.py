@@ -12,7 +12,6 @@ Channels of constant value (a missing modality filled with zeros) say nothing ab
 import hashlib
 import multiprocessing
 import os
-import re
 import sys
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Type
 
@@ -21,6 +20,7 @@ from tqdm import tqdm
 
 from nnunet_mem_cif.errors import PluginUserError
 
+# the image folders of a raw dataset, defined here once: nnU-Net's two and this plugin's unlabeled one
 TRAINING_FOLDER, UNLABELED_FOLDER, TEST_FOLDER = "imagesTr", "imagesUnlabeled", "imagesTs"
 FOLDER_ROLES = {TRAINING_FOLDER: "labeled training", UNLABELED_FOLDER: "unlabeled", TEST_FOLDER: "test"}
 # file name -> {"sha256": digest of the bytes, "voxels": digest of the voxel array or None (constant channel)}
@@ -33,15 +33,15 @@ def case_files(folder: str, file_ending: str) -> Dict[str, List[str]]:
     Lenient on purpose (files of another naming are skipped): this only asks which cases a folder holds. Checking
     that a folder is complete is the job of whoever reads it for training.
     """
+    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
+        get_identifiers_from_splitted_dataset_folder
     if not os.path.isdir(folder):
         return {}
-    pattern = re.compile(r"^(.+)_(\d{4})" + re.escape(file_ending) + r"$")
-    cases: Dict[str, List[str]] = {}
-    for name in sorted(os.listdir(folder)):
-        match = pattern.match(name)
-        if match and not name.startswith("."):
-            cases.setdefault(match.group(1), []).append(os.path.join(folder, name))
-    return cases
+    # nnU-Net's own reading of a folder; hidden files (e.g. macOS's ._ copies) are not cases
+    identifiers = [case for case in get_identifiers_from_splitted_dataset_folder(folder, file_ending)
+                   if not case.startswith(".")]
+    files = create_lists_from_splitted_dataset_folder(folder, file_ending, identifiers)
+    return {case: channels for case, channels in zip(identifiers, files) if channels}
 
 
 def file_digest(path: str) -> str:

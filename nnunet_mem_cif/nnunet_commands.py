@@ -17,6 +17,15 @@ from nnunet_mem_cif.discovery import console_script, ext_trainer_value
 from nnunet_mem_cif.errors import PluginUserError
 
 
+def resolve_device(requested: str, error: type) -> str:
+    """``--device``: ``auto`` resolved; ``cuda`` refused up front where torch sees no GPU (rather than in nnU-Net's
+    log later), with ``error``, the calling command's error class."""
+    import torch
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise error("--device cuda, but torch sees no CUDA GPU. Use --device cpu (slow) or run on a machine with one.")
+    return ("cuda" if torch.cuda.is_available() else "cpu") if requested == "auto" else requested
+
+
 def nnunet_environment(workdir: str, device: str) -> Dict[str, str]:
     """``nnunet_command_environment`` with nnU-Net's three folders inside ``workdir``."""
     return nnunet_command_environment(device, raw=os.path.join(workdir, "nnUNet_raw"),

@@ -25,6 +25,7 @@ from importlib import metadata
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from nnunet_mem_cif.atomic import is_within, write_atomically, write_text_atomically
+from nnunet_mem_cif.brats import REGIONS_NNUNET
 from nnunet_mem_cif.errors import PluginUserError
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ COMPARISONS = (("memcif", "nnunet"), ("memcif", "mean-teacher"), ("memcif", "sel
                ("memcif", "no-mem"), ("memcif", "no-cif"), ("memcif", "memcif-supervised"),
                ("mean-teacher", "nnunet"), ("self-training", "nnunet"))
 TABLE_OUTPUTS = ("runs", "results.md", "results.csv", "results.png")
-REGIONS = ("whole_tumor", "tumor_core", "enhancing_tumor", "mean")
+REGIONS = (*REGIONS_NNUNET, "mean")  # the evaluated regions (nnunet_mem_cif/brats.py) and their mean
 REGION_SHORT = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET", "mean": "mean"}
 CONFIGURATIONS = ("2d", "3d_fullres")  # one network per run; the cascade's two stages are not a table row
 BOOTSTRAP_SAMPLES = 10000

@@ -8,6 +8,8 @@ from typing import Tuple
 import numpy as np
 import SimpleITK as sitk
 
+from nnunet_mem_cif.brats import region_dataset_json
+
 SHAPE = (36, 44, 40)  # z, y, x as numpy sees a SimpleITK image
 SPACING = (1.0, 1.0, 1.0)
 # mean intensity of (background-brain, edema, necrotic core, enhancing rim) per modality: T1, T1ce, T2, FLAIR
@@ -52,13 +54,7 @@ def write_dataset(raw_root: str, dataset_id: int, num_labeled: int = 6, num_unla
                             SPACING)
             if labels_dir is not None:
                 write_image(labels, os.path.join(folder, labels_dir, f"{case}.nii.gz"), SPACING)
-    dataset_json = {
-        "channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
-        "labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
-        "regions_class_order": [1, 2, 3],
-        "numTraining": num_labeled,
-        "file_ending": ".nii.gz",
-    }
+    dataset_json = region_dataset_json(num_labeled)  # the converter's, so that the tests train what users do
     with open(os.path.join(folder, "dataset.json"), "w") as f:
         json.dump(dataset_json, f, indent=2)
     return folder

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
 from nnunet_mem_cif.discovery import console_script
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -37,8 +38,8 @@ def test_semi_supervised_training_and_prediction_through_nnunet_cli(workspace):
     assert weight == 1.0 and consistency > 0 and supervised > 0
     assert float(epochs[0][2]) < 1.0  # still ramping up in epoch 0
 
-    output_folder = os.path.join(workspace.results, DATASET_NAME,
-                                 "MemCifSemiTrainer_debug__nnUNetPlans__3d_fullres", "fold_0")
+    output_folder = os.path.join(workspace.results, DATASET_NAME, convert_trainer_plans_config_to_identifier(
+        "MemCifSemiTrainer_debug", "nnUNetPlans", "3d_fullres"), "fold_0")
     assert os.path.isfile(os.path.join(output_folder, "progress.png"))
     checkpoint = torch.load(os.path.join(output_folder, "checkpoint_final.pth"), weights_only=False)
     assert checkpoint["mem_cif_ssl"]["ssl_step"] == 6

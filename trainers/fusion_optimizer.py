@@ -13,9 +13,6 @@ import torch
 from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
 from torch import nn
 
-from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
-from nnunet_mem_cif.architectures.mem import ModalitySpecificEnhancement
-
 LR_SCALE_KEY = "lr_scale"
 # Defaults chosen with experiments/gradient_scale.py (relative update per step of each family within 3x of the
 # convolutions': MEM needs ~30, CIF's gate weights, mixing and gate bias ~150; one multiplier for both cannot do it).

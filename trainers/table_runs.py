@@ -45,9 +45,9 @@ class TableRun:
     Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250). Optional
     ``mem_lr_multiplier`` / ``cif_lr_multiplier`` keys override the MEM/CIF rows' multipliers
     (experiments/choose_fusion_lr.py compares them on validation folds). An optional ``batch_size`` replaces the
-    plans' for every row alike (a CPU table's setting), ``disable_tta`` predicts the fold's validation cases without
-    mirroring (as ``nnUNetv2_predict --disable_tta`` does the test cases), and ``pseudo_labeled_folder`` points self-training's second
-    stage at the preprocessed cases whose labels the first stage predicted."""
+    plans' for every row alike (a CPU table's setting), ``disable_tta`` predicts the fold's validation cases
+    without mirroring (as ``nnUNetv2_predict --disable_tta`` does the test cases), and ``pseudo_labeled_folder``
+    points self-training's second stage at the preprocessed cases whose labels the first stage predicted."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):

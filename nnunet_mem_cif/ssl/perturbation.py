@@ -32,6 +32,10 @@ class CrossModalPerturbation(ImageOnlyTransform):
     its own small integer translation, which mimics imperfect co-registration; then whole modalities are zeroed
     with ``drop_probability`` (at least one is always kept). Zero is the value a missing, z-score-normalised
     modality has, so a student trained this way also learns to segment with a modality absent.
+
+    Ours rather than batchgeneratorsv2's brightness and ``ChannelMisalignmentTransform``: the offset is uniform and
+    bounded (bgv2's additive brightness is Gaussian) and the shift an integer translation with zero fill (bgv2's
+    misalignment resamples, rotates and scales), drawn together with the dropout as one set of parameters.
     """
 
     def __init__(self, drop_probability: float = 0.25, gain_range: Tuple[float, float] = (0.9, 1.1),
@@ -84,7 +88,8 @@ class WeakStrongViews(ImageOnlyTransform):
 class GaussianInputNoise(ImageOnlyTransform):
     """The standard mean-teacher perturbation (as in SSL4MIS): ``clip(N(0, sigma^2), -clip, clip)`` added to every
     voxel of every modality. No modality-specific change: the baseline that cross-modal perturbation is tested
-    against."""
+    against. Ours rather than batchgeneratorsv2's ``GaussianNoiseTransform``: the mean teacher's noise is clipped
+    with a fixed sigma, bgv2's is unclipped with a random variance."""
 
     def __init__(self, sigma: float = 0.1, clip: float = 0.2):
         super().__init__()

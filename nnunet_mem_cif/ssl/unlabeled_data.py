@@ -31,10 +31,9 @@ from tqdm import tqdm
 from nnunet_mem_cif.atomic import OutputFolderError, atomic_folder, write_atomically
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
-from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, case_files, check_content_disjoint, \
-    check_names_disjoint, file_digest, fingerprint_files, relative_names
+from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, UNLABELED_FOLDER, case_files, \
+    check_content_disjoint, check_names_disjoint, file_digest, fingerprint_files, relative_names
 
-RAW_UNLABELED_FOLDER = "imagesUnlabeled"
 MANIFEST_VERSION = 2  # 2: fingerprints of the raw images ("files")
 
 
@@ -70,7 +69,10 @@ def plans_fingerprint(plans_manager: PlansManager, configuration_name: str) -> s
 
 
 def find_unlabeled_cases(images_folder: str, file_ending: str, num_channels: int) -> Dict[str, List[str]]:
-    """Map case id -> its channel files (in channel order), checking that every case has every channel."""
+    """Map case id -> its channel files (in channel order), checking that every case has every channel.
+
+    Ours rather than nnU-Net's ``create_lists_from_splitted_dataset_folder``: that one skips what does not match its
+    naming, where unlabeled data that cannot be read must fail loudly, naming the file."""
     if not isdir(images_folder):
         raise UnlabeledDataError(f"{images_folder} does not exist. Put unlabeled images there with nnU-Net's channel "
                                  f"naming (CASE_0000{file_ending}, CASE_0001{file_ending}, ...).")
@@ -108,7 +110,7 @@ def check_unlabeled_images(image_files: List[str]) -> None:
             try:
                 check_image_file(path)
             except InvalidImageError as e:
-                raise UnlabeledDataError(f"{e} (in {RAW_UNLABELED_FOLDER})") from e
+                raise UnlabeledDataError(f"{e} (in {UNLABELED_FOLDER})") from e
 
 
 def _preprocess_one(task) -> str:
@@ -136,7 +138,7 @@ def _nnunet_folder(variable: str) -> str:
 # what nnU-Net's preprocessing writes per case (data, segmentation or mask, properties), in all its storage formats
 PREPROCESSED_SUFFIXES = (".pkl", ".b2nd", ".npz", ".npy")
 LEAKAGE_ADVICE = {
-    RAW_UNLABELED_FOLDER: "Delete the unlabeled copy from imagesUnlabeled, then run nnunet-mem-cif "
+    UNLABELED_FOLDER: "Delete the unlabeled copy from imagesUnlabeled, then run nnunet-mem-cif "
                           "preprocess-unlabeled again.",
     TRAINING_FOLDER: "Keep the case in imagesTr or in imagesTs, not both (then plan and preprocess again).",
 }
@@ -207,11 +209,11 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
     dataset_json = load_json(join(preprocessed_base, "dataset.json"))
     file_ending = dataset_json["file_ending"]
     raw_dataset = join(raw_root, dataset_name)
-    cases = find_unlabeled_cases(join(raw_dataset, RAW_UNLABELED_FOLDER), file_ending,
+    cases = find_unlabeled_cases(join(raw_dataset, UNLABELED_FOLDER), file_ending,
                                  len(dataset_json["channel_names"]))
     training, test = (case_files(join(raw_dataset, folder), file_ending) for folder in (TRAINING_FOLDER, TEST_FOLDER))
-    check_names_disjoint(RAW_UNLABELED_FOLDER, cases, {TRAINING_FOLDER: training, TEST_FOLDER: test}, raw_dataset,
-                         LEAKAGE_ADVICE[RAW_UNLABELED_FOLDER], UnlabeledDataError)
+    check_names_disjoint(UNLABELED_FOLDER, cases, {TRAINING_FOLDER: training, TEST_FOLDER: test}, raw_dataset,
+                         LEAKAGE_ADVICE[UNLABELED_FOLDER], UnlabeledDataError)
     check_names_disjoint(TRAINING_FOLDER, training, {TEST_FOLDER: test}, raw_dataset,
                          LEAKAGE_ADVICE[TRAINING_FOLDER], UnlabeledDataError)
 
@@ -222,8 +224,8 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
     names = [name for group in (training, cases, test) for name in relative_names(raw_dataset, group)]
     fingerprints = fingerprint_files(raw_dataset, names, plans_manager.image_reader_writer_class, num_processes,
                                      error=UnlabeledDataError)
-    check_content_disjoint(raw_dataset, fingerprints, [(RAW_UNLABELED_FOLDER, TRAINING_FOLDER),
-                                                       (RAW_UNLABELED_FOLDER, TEST_FOLDER),
+    check_content_disjoint(raw_dataset, fingerprints, [(UNLABELED_FOLDER, TRAINING_FOLDER),
+                                                       (UNLABELED_FOLDER, TEST_FOLDER),
                                                        (TRAINING_FOLDER, TEST_FOLDER)],
                            LEAKAGE_ADVICE, UnlabeledDataError)
 
@@ -254,7 +256,7 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
         "data_identifier": configuration_manager.data_identifier,
         "plans_fingerprint": plans_fingerprint(plans_manager, configuration),
         "cases": sorted(cases),
-        "source": join(raw_dataset, RAW_UNLABELED_FOLDER),
+        "source": join(raw_dataset, UNLABELED_FOLDER),
         "created": datetime.now().isoformat(timespec="seconds"),
         "files": fingerprints,
     }
@@ -286,7 +288,7 @@ def check_unlabeled_sources(preprocessed_dataset_base: str, plans_manager: Plans
     rerun = _command(plans_manager, configuration_name, overwrite=True)
     raw_dataset = _raw_dataset(dataset_name)
     file_ending = load_json(join(preprocessed_dataset_base, "dataset.json"))["file_ending"]
-    raw_unlabeled = join(raw_dataset, RAW_UNLABELED_FOLDER)
+    raw_unlabeled = join(raw_dataset, UNLABELED_FOLDER)
     current = case_files(raw_unlabeled, file_ending)
     if sorted(current) != sorted(recorded["cases"]):
         added, removed = sorted(set(current) - set(recorded["cases"])), sorted(set(recorded["cases"]) - set(current))
@@ -300,19 +302,19 @@ def check_unlabeled_sources(preprocessed_dataset_base: str, plans_manager: Plans
                                      f"preprocessed unlabeled cases are not those of {raw_unlabeled}. Run again: "
                                      f"{rerun}")
     training, test = (case_files(join(raw_dataset, folder), file_ending) for folder in (TRAINING_FOLDER, TEST_FOLDER))
-    check_names_disjoint(f"the preprocessed unlabeled cases ({RAW_UNLABELED_FOLDER})", recorded["cases"],
+    check_names_disjoint(f"the preprocessed unlabeled cases ({UNLABELED_FOLDER})", recorded["cases"],
                          {f"the training cases ({join(preprocessed_dataset_base, data_identifier)})":
                           labeled_identifiers, TRAINING_FOLDER: training, TEST_FOLDER: test}, raw_dataset,
-                         f"Delete the unlabeled copy from {RAW_UNLABELED_FOLDER}, then run: {rerun}",
+                         f"Delete the unlabeled copy from {UNLABELED_FOLDER}, then run: {rerun}",
                          UnlabeledDataError)
     names = relative_names(raw_dataset, training) + relative_names(raw_dataset, test)
     fingerprints = fingerprint_files(raw_dataset, names, plans_manager.image_reader_writer_class, num_processes,
                                      known=files, error=UnlabeledDataError)
     fingerprints.update({name: files[name] for name in relative_names(raw_dataset, current)})
-    advice = f"Delete the unlabeled copy from {RAW_UNLABELED_FOLDER}, then run: {rerun}"
-    check_content_disjoint(raw_dataset, fingerprints, [(RAW_UNLABELED_FOLDER, TRAINING_FOLDER),
-                                                       (RAW_UNLABELED_FOLDER, TEST_FOLDER)],
-                           {RAW_UNLABELED_FOLDER: advice}, UnlabeledDataError)
+    advice = f"Delete the unlabeled copy from {UNLABELED_FOLDER}, then run: {rerun}"
+    check_content_disjoint(raw_dataset, fingerprints, [(UNLABELED_FOLDER, TRAINING_FOLDER),
+                                                       (UNLABELED_FOLDER, TEST_FOLDER)],
+                           {UNLABELED_FOLDER: advice}, UnlabeledDataError)
 
 
 def _raw_dataset(dataset_name: str) -> str:
@@ -357,7 +359,7 @@ def load_unlabeled_dataset(preprocessed_dataset_base: str, plans_manager: PlansM
     if not isdir(folder):
         raise UnlabeledDataError(
             f"This trainer learns from unlabeled cases, but {folder} does not exist. Put unlabeled images into "
-            f"nnUNet_raw/{plans_manager.dataset_name}/{RAW_UNLABELED_FOLDER}/ and run: {command}")
+            f"nnUNet_raw/{plans_manager.dataset_name}/{UNLABELED_FOLDER}/ and run: {command}")
     if not isfile(manifest):
         raise UnlabeledDataError(f"{folder} has no manifest ({manifest}): its preprocessing did not finish. "
                                  f"Run again: {command}")
