@@ -26,7 +26,7 @@ from nnunet_mem_cif.results_table import fold_folder
 from nnunet_mem_cif.nnunet_commands import nnunet_environment, run_step
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
-from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
+from nnunet_mem_cif.checkpoints import read_checkpoint
 
 DATASET_ID, DATASET_NAME = 994, "Dataset994_FusionLR"
 TRAINER, FOLD, LABELED_FRACTION = "MemCifSemiTrainer_table", 0, 0.1

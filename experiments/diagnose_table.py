@@ -25,7 +25,7 @@ import torch
 
 from nnunet_mem_cif.architectures.cif import INITIAL_GATE_BIAS, ComplementaryInformationFusion
 from nnunet_mem_cif.results_table import METHODS, Run, fold_folder, load_records
-from nnunet_mem_cif.trainers.semi_supervised import read_checkpoint
+from nnunet_mem_cif.checkpoints import read_checkpoint
 
 LAST_EPOCHS = 3
 

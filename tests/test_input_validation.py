@@ -727,3 +727,22 @@ def test_interrupting_the_demo_ends_the_nnunet_processes_it_started(tmp_path, ca
         time.sleep(0.05)
     assert not _alive(step) and not _alive(worker)
     assert demo.prepare_workdir(str(tmp_path / "demo"), overwrite=False) == "leftover"  # the next run clears it
+
+
+def test_cli_user_errors_are_one_line_without_traceback(tmp_path):
+    env = dict(os.environ, nnUNet_raw=str(tmp_path / "raw"))
+    make_brats_folder(str(tmp_path / "brats"), hgg=1, lgg=0)
+    os.makedirs(tmp_path / "raw" / "Dataset079_BraTS2019")
+    runs = {
+        "already exists": ["convert-brats2019", str(tmp_path / "brats"), "--dataset-id", "79"],
+        "does not exist": ["convert-brats2019", str(tmp_path / "nowhere"), "--dataset-id", "80"],
+        "no reference segmentations": ["evaluate", str(tmp_path), str(tmp_path / "raw")],
+    }
+    without_raw = {k: v for k, v in env.items() if k != "nnUNet_raw"}
+    for message, args in runs.items():
+        result = subprocess.run([console_script("nnunet-mem-cif"), *args], env=env, capture_output=True, text=True)
+        assert result.returncode == 2, result.stderr
+        assert message in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([console_script("nnunet-mem-cif"), "convert-brats2019", str(tmp_path / "brats"),
+                             "--dataset-id", "84"], env=without_raw, capture_output=True, text=True)
+    assert result.returncode == 2 and "nnUNet_raw is not set" in result.stderr

@@ -1,4 +1,5 @@
 """The trainers in-process: checkpoint round trip, hidden-label mode, loud failures, nnU-Net's lookup."""
+import json
 import os
 
 import pytest
@@ -9,7 +10,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
-from nnunet_mem_cif.trainers.semi_supervised import CheckpointError
+from nnunet_mem_cif.checkpoints import CheckpointError
 from .nnunet_workspace import make_trainer
 
 
@@ -102,6 +103,26 @@ def test_hidden_label_mode_hides_labels_of_a_seeded_subset(trainer_env):
     assert sorted(unlabeled.identifiers) == sorted(record["unlabeled"])
     again = make_trainer("MemCifSemiTrainer_10pct")
     assert again.do_split()[0] == labeled  # same seed, same subset
+    fresh = make_trainer("MemCifSemiTrainer_10pct")
+    os.remove(os.path.join(fresh.output_folder, "labeled_subset.json"))
+    assert sorted(fresh.get_unlabeled_dataset().identifiers) == sorted(record["unlabeled"])
+    assert not os.path.exists(os.path.join(fresh.output_folder, "labeled_subset.json"))  # a getter records nothing
+
+
+def test_table_run_setting_reaches_the_trainer(trainer_env, monkeypatch):
+    from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
+    from nnunet_mem_cif.errors import PluginUserError
+    setting = {"labeled_fraction": 0.5, "epochs": 3, "iterations_per_epoch": 10, "seed": 1, "batch_size": 3,
+               "disable_tta": True}
+    monkeypatch.setenv(TABLE_RUN_VARIABLE, json.dumps(setting))
+    trainer = make_trainer("nnUNetTrainer_table")
+    assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 10, 2)
+    assert trainer.configuration_manager.batch_size == 3 and trainer.disable_tta
+    with pytest.raises(PluginUserError, match="needs pseudo_labeled_folder"):
+        make_trainer("nnUNetTrainer_selftraining_table")
+    monkeypatch.setenv(TABLE_RUN_VARIABLE, json.dumps({**setting, "pseudo_labeled_folder": "/x"}))
+    with pytest.raises(PluginUserError, match="does not train on pseudo-labels"):
+        make_trainer("nnUNetTrainer_table")
 
 
 def test_network_switches_of_the_variants(trainer_env):

@@ -20,14 +20,21 @@ class HiddenLabelsMixin:
     hidden_label_keys: Optional[List[str]] = None
     validation_keys: Optional[List[str]] = None  # the fold's, kept to check that no hidden-label case is one
 
-    def do_split(self):
+    def hidden_label_split(self):
+        """(labeled training keys, validation keys) of the fold, with ``hidden_label_keys`` and ``validation_keys``
+        set; records nothing (``do_split`` does)."""
         tr_keys, val_keys = super().do_split()
         self.validation_keys = list(val_keys)
         if self.labeled_fraction is None:
             return tr_keys, val_keys
-        labeled, hidden = split_labeled_fraction(tr_keys, self.labeled_fraction, self.labeled_subset_seed)
-        self.hidden_label_keys = hidden
-        if self.local_rank == 0:
+        labeled, self.hidden_label_keys = split_labeled_fraction(tr_keys, self.labeled_fraction,
+                                                                 self.labeled_subset_seed)
+        return labeled, val_keys
+
+    def do_split(self):
+        labeled, val_keys = self.hidden_label_split()
+        if self.labeled_fraction is not None and self.local_rank == 0:
+            hidden = self.hidden_label_keys
             record = {"labeled_fraction": self.labeled_fraction, "seed": self.labeled_subset_seed,
                       "fold": self.fold, "labeled": labeled, "unlabeled": hidden, "validation": list(val_keys)}
             target = join(self.output_folder, "labeled_subset.json")

@@ -6,7 +6,6 @@ What it adds to nnUNetTrainer (everything else, including the supervised loss, i
 - ``L = L_sup + lambda(t) * L_cons`` with a masked, deep-supervised consistency term and sigmoid ramp-up,
 - checkpoints that carry the teacher and the SSL step, logs and progress.png with both loss terms.
 """
-import os
 from typing import List, Optional
 
 import numpy as np
@@ -32,49 +31,19 @@ from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from nnunet_mem_cif.atomic import write_atomically
-from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
 from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews
 from nnunet_mem_cif.ssl.progress import SemiSupervisedLocalLogger
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledDataError, brain_mask, \
     check_hidden_label_pool, check_unlabeled_sources, load_unlabeled_dataset
+from nnunet_mem_cif.checkpoints import CheckpointError, read_checkpoint
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 
 # the parts of nnU-Net's training augmentation that both views share (geometry, and zeroing outside the brain)
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
                           MaskImageTransform)
 SSL_CHECKPOINT_KEY = "mem_cif_ssl"
-# numpy types that nnU-Net's checkpoints hold (logged floats); everything else must be tensors or plain containers
-_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy >= 2 renamed np.core to np._core
-CHECKPOINT_SAFE_GLOBALS = [_NUMPY_CORE.multiarray.scalar, np.dtype] + [
-    getattr(np.dtypes, name) for name in ("Float16DType", "Float32DType", "Float64DType", "Int32DType", "Int64DType",
-                                          "BoolDType") if hasattr(np.dtypes, name)]
-
-
-class CheckpointError(PluginUserError, RuntimeError):
-    """A checkpoint that cannot be resumed from; the message names the file and what to do."""
-
-
-def read_checkpoint(path, map_location) -> dict:
-    """``torch.load(weights_only=True)`` with nnU-Net's numpy scalars allow-listed, before nnU-Net unpickles it.
-
-    nnU-Net's own load_checkpoint uses ``weights_only=False``; reading the file safely first means a tampered file
-    (a pickle that would run code) or a truncated one stops here with a clear message, before nnU-Net touches it.
-    """
-    if not isinstance(path, str):
-        raise TypeError("pass the checkpoint's path: nnU-Net 2.8's load_checkpoint cannot take a loaded dict")
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path} does not exist")
-    try:
-        with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-    except Exception as e:
-        raise CheckpointError(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-                              f"It is truncated, corrupt or holds objects a checkpoint should not hold. Delete it to "
-                              f"resume from an older checkpoint, or train again without --c.") from e
-
-
 class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
     """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (docs/design.md §3).
 
@@ -147,7 +116,7 @@ class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
                                     self.configuration_name, labeled)
             return dataset
         if self.hidden_label_keys is None:
-            self.do_split()
+            self.hidden_label_split()
         if not self.hidden_label_keys:
             raise UnlabeledDataError(f"labeled_fraction={self.labeled_fraction} leaves no training case of fold "
                                      f"{self.fold} unlabeled; use a smaller fraction or more cases.")
