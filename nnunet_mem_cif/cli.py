@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier, finished demo in WORKDIR whole")
     demo.set_defaults(func=_cmd_demo, all_or_nothing=True)
 
-    from nnunet_mem_cif.results_table import METHODS
+    from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS
     table = sub.add_parser("table", help="the paper's table: methods x labeled fractions, one command",
                            description="Trains every method at every labeled fraction (and seed) on the same fold of "
                                        "a fully labeled, planned and preprocessed dataset through nnUNetv2_train, "
@@ -193,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--dataset-id", type=int, required=True)
     table.add_argument("--output-dir", default="mem_cif_table")
     table.add_argument("--fractions", type=float, nargs="+", default=[0.01, 0.05, 0.10])
-    table.add_argument("--methods", nargs="+", default=list(METHODS), metavar="METHOD")
+    table.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, metavar="METHOD",
+                       help="default: every row but the candidates (" + ", ".join(
+                           k for k in METHODS if k not in DEFAULT_METHODS) + ")")
     table.add_argument("--epochs", type=int, default=1000, help="default 1000 (nnU-Net's)")
     table.add_argument("--iterations", type=int, default=250, help="per epoch; default 250 (nnU-Net's)")
     table.add_argument("--seeds", type=int, nargs="+", default=[0])

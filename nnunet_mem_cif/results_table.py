@@ -36,6 +36,7 @@ class Method:
     unlabeled: bool = False  # the hidden-label cases, without labels (semi-supervised)
     pseudo_labels: bool = False  # the hidden-label cases, labeled by the supervised run (self-training)
     all_labels: bool = False  # every training case of the fold labeled, whatever --fractions says (upper bound)
+    default: bool = True  # in the table without --methods; candidates are run on request
 
 
 # docs/design.md §4 and docs/results.md: command-line name -> row; the order is the table's and the runs'
@@ -49,11 +50,15 @@ METHODS: Dict[str, Method] = {
     "no-cif": Method("no CIF", "MemCifSemiTrainer_noCIF_table", unlabeled=True),
     "memcif": Method("full method", "MemCifSemiTrainer_table", unlabeled=True),
     "nnunet-all": Method("nnU-Net, all labels (upper bound)", "nnUNetTrainer_table", all_labels=True),
+    # a candidate change to the method (docs/design.md §3), chosen on validation cases before it joins the table
+    "memcif-keep-t1ce": Method("full method, T1ce never dropped", "MemCifSemiTrainer_keepT1ce_table",
+                               unlabeled=True, default=False),
 }
+DEFAULT_METHODS = [name for name, method in METHODS.items() if method.default]
 # the paired differences the report gives, (A, B) for A - B
 COMPARISONS = (("memcif", "nnunet"), ("memcif", "mean-teacher"), ("memcif", "self-training"),
                ("memcif", "no-mem"), ("memcif", "no-cif"), ("memcif", "memcif-supervised"),
-               ("mean-teacher", "nnunet"), ("self-training", "nnunet"))
+               ("mean-teacher", "nnunet"), ("self-training", "nnunet"), ("memcif-keep-t1ce", "memcif"))
 TABLE_OUTPUTS = ("runs", "results.md", "results.csv", "results.png")
 REGIONS = (*REGIONS_NNUNET, "mean")  # the evaluated regions (nnunet_mem_cif/brats.py) and their mean
 REGION_SHORT = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET", "mean": "mean"}
@@ -337,9 +342,9 @@ class TableSetting:
 def run_one(run: Run, step: str, table: TableSetting) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-    from nnunet_mem_cif.nnunet_commands import run_step
     from nnunet_mem_cif.discovery import console_script
     from nnunet_mem_cif.evaluation import evaluate_folders, write_results
+    from nnunet_mem_cif.nnunet_commands import run_step
     from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
 
     run_dir = run.folder(table.output_dir)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from nnunet_mem_cif.results_table import METHODS, REGIONS, Run, check_arguments, check_dataset, load_records, \
-    markdown_report, paired_difference, table_runs, write_report
+from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
+    load_records, markdown_report, paired_difference, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -135,7 +135,7 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
             "--fractions", "0.5", "--epochs", "1", "--iterations", "2", "--seeds", "3", "--device", "cpu")
     workspace.run(*args, timeout=2400)
     records = load_records(str(output))
-    assert [r["method"] for r in records] == list(METHODS)
+    assert [r["method"] for r in records] == DEFAULT_METHODS
     *fraction_runs, upper_bound = records
     # same fold, fraction and seed: every method saw the same labeled cases, the SSL ones the rest as unlabeled
     assert len({tuple(r["labeled_cases"]) for r in fraction_runs}) == 1
@@ -160,10 +160,10 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
     assert set(hidden["stage_seconds"]) == {"first_training", "pseudo_label_prediction", "pseudo_label_preprocessing",
                                             "second_training"}
     table = (output / "results.md").read_text()
-    assert len([line for line in table.splitlines() if line.startswith("| 50% |")]) == len(METHODS) - 1
+    assert len([line for line in table.splitlines() if line.startswith("| 50% |")]) == len(DEFAULT_METHODS) - 1
     assert "| 100% | nnU-Net, all labels (upper bound) | 4 |" in table and "## Paired differences" in table
     again = workspace.run(*args)
-    assert again.stdout.count("done before, skipped") == len(METHODS)
+    assert again.stdout.count("done before, skipped") == len(DEFAULT_METHODS)
     assert os.path.isfile(os.path.join(output, "results.png"))
     assert DATASET_NAME in table
 

@@ -160,3 +160,12 @@ def test_labeled_fraction_split_is_seeded_and_disjoint():
     assert split_labeled_fraction(cases[:5], 0.01, seed=3)[0].__len__() == 1  # at least one labeled case
     with pytest.raises(ValueError):
         split_labeled_fraction(cases, 0.0, seed=3)
+
+
+def test_a_never_dropped_modality_is_kept_in_every_strong_view():
+    torch.manual_seed(0)
+    image = torch.ones(4, 6, 6, 6)
+    perturbation = CrossModalPerturbation(drop_probability=0.9, max_shift_voxels=0, never_dropped=(1,))
+    views = [perturbation(image=image.clone())["image"] for _ in range(50)]
+    assert all(view[1].abs().sum() > 0 for view in views)  # T1ce (channel 1) always there
+    assert sum(bool(view[c].abs().sum() == 0) for view in views for c in (0, 2, 3)) > 50  # the others dropped often

@@ -207,3 +207,8 @@ def test_mem_and_cif_train_in_their_own_groups_and_resume_with_them(trainer_env,
     supervised = make_trainer("nnUNetTrainer")
     supervised.initialize()
     assert len(supervised.optimizer.param_groups) == 1  # nnU-Net's own trainer is untouched
+
+
+def test_keep_t1ce_variant_finds_t1ce_by_its_channel_name(trainer_env):
+    trainer = make_trainer("MemCifSemiTrainer_keepT1ce")
+    assert trainer.get_strong_perturbation().never_dropped == (1,)  # channel_names: 0 T1, 1 T1ce, 2 T2, 3 FLAIR

@@ -12,7 +12,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mem_cif.errors import PluginUserError
-from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_noCIF, MemCifSemiTrainer_noMEM
+from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_keepT1ce, MemCifSemiTrainer_noCIF, \
+    MemCifSemiTrainer_noMEM
 from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
@@ -126,6 +127,10 @@ class MemCifSemiTrainer_noMEM_table(TableRun, MemCifSemiTrainer_noMEM):
 
 class MemCifSemiTrainer_noCIF_table(TableRun, MemCifSemiTrainer_noCIF):
     """Full method without CIF."""
+
+
+class MemCifSemiTrainer_keepT1ce_table(TableRun, MemCifSemiTrainer_keepT1ce):
+    """The full method whose strong view never drops T1ce."""
 
 
 class MemCifSemiTrainer_table(TableRun, MemCifSemiTrainer):

@@ -39,9 +39,11 @@ class CrossModalPerturbation(ImageOnlyTransform):
     """
 
     def __init__(self, drop_probability: float = 0.25, gain_range: Tuple[float, float] = (0.9, 1.1),
-                 offset_range: Tuple[float, float] = (-0.1, 0.1), max_shift_voxels: int = 2):
+                 offset_range: Tuple[float, float] = (-0.1, 0.1), max_shift_voxels: int = 2,
+                 never_dropped: Tuple[int, ...] = ()):
         super().__init__()
         self.drop_probability = drop_probability
+        self.never_dropped = tuple(never_dropped)  # channels whose evidence no other modality carries
         self.gain_range = gain_range
         self.offset_range = offset_range
         self.max_shift_voxels = max_shift_voxels
@@ -57,8 +59,13 @@ class CrossModalPerturbation(ImageOnlyTransform):
             "gain": uniform(*self.gain_range),
             "offset": uniform(*self.offset_range),
             "shifts": torch.randint(-self.max_shift_voxels, self.max_shift_voxels + 1, (c, spatial_dims)),
-            "keep": modality_keep_mask(c, self.drop_probability),
+            "keep": modality_keep_mask(c, self.drop_probability) | self._never_dropped_mask(c),
         }
+
+    def _never_dropped_mask(self, num_channels: int) -> torch.Tensor:
+        mask = torch.zeros(num_channels, dtype=torch.bool)
+        mask[list(self.never_dropped)] = True
+        return mask
 
     def _apply_to_image(self, img: torch.Tensor, **params) -> torch.Tensor:
         view_shape = (-1,) + (1,) * (img.ndim - 1)
