@@ -32,10 +32,9 @@ def _cmd_preprocess_unlabeled(args: argparse.Namespace) -> int:
 
 def _cmd_convert(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.brats import BratsConversionError, convert_brats2019
-    if "nnUNet_raw" not in os.environ:
-        raise BratsConversionError("nnUNet_raw is not set: export it to the folder that holds your nnU-Net raw "
-                                   "datasets (see nnU-Net's documentation/setting_up_paths.md)")
-    target = convert_brats2019(args.brats_dir, os.environ["nnUNet_raw"], args.dataset_id, args.name, args.subset,
+    from nnunet_mem_cif.nnunet_commands import nnunet_folder
+    raw_root = nnunet_folder("nnUNet_raw", BratsConversionError)
+    target = convert_brats2019(args.brats_dir, raw_root, args.dataset_id, args.name, args.subset,
                                args.test_fraction, args.labeled_fraction, args.seed, args.overwrite)
     with open(os.path.join(target, "conversion.json")) as f:
         split = json.load(f)["cases"]

@@ -17,6 +17,16 @@ from nnunet_mem_cif.discovery import console_script, ext_trainer_value
 from nnunet_mem_cif.errors import PluginUserError
 
 
+def nnunet_folder(variable: str, error: type) -> str:
+    """The folder nnU-Net's environment variable ``variable`` names, or ``error`` saying to set it: checked up front,
+    where nnU-Net itself would only warn and then fail on a path of ``None``."""
+    value = os.environ.get(variable)
+    if not value:
+        raise error(f"{variable} is not set: export it as for nnU-Net itself (see nnU-Net's "
+                    f"documentation/setting_up_paths.md).")
+    return value
+
+
 def resolve_device(requested: str, error: type) -> str:
     """``--device``: ``auto`` resolved; ``cuda`` refused up front where torch sees no GPU (rather than in nnU-Net's
     log later), with ``error``, the calling command's error class."""

@@ -275,9 +275,8 @@ def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], meth
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
     check_arguments(fractions, methods, epochs, iterations_per_epoch, seeds, configuration, batch_size)
     fold = parse_fold(fold)
-    raw_root, preprocessed_root = os.environ.get("nnUNet_raw"), os.environ.get("nnUNet_preprocessed")
-    if not raw_root or not preprocessed_root:
-        raise TableError("set nnUNet_raw, nnUNet_preprocessed (and nnUNet_results) as for nnU-Net itself")
+    from nnunet_mem_cif.nnunet_commands import nnunet_folder
+    raw_root, preprocessed_root = (nnunet_folder(v, TableError) for v in ("nnUNet_raw", "nnUNet_preprocessed"))
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset_id)
     except (RuntimeError, ValueError) as e:  # nnU-Net's message says where it looked

@@ -33,6 +33,7 @@ from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.image_checks import InvalidImageError, check_image_file
 from nnunet_mem_cif.leakage import TEST_FOLDER, TRAINING_FOLDER, UNLABELED_FOLDER, case_files, \
     check_content_disjoint, check_names_disjoint, file_digest, fingerprint_files, relative_names
+from nnunet_mem_cif.nnunet_commands import nnunet_folder
 
 MANIFEST_VERSION = 2  # 2: fingerprints of the raw images ("files")
 
@@ -127,14 +128,6 @@ def _preprocess_one(task) -> str:
     return output_truncated
 
 
-def _nnunet_folder(variable: str) -> str:
-    value = os.environ.get(variable)
-    if not value:
-        raise UnlabeledDataError(f"{variable} is not set: export it as for nnU-Net itself (see nnU-Net's "
-                                 f"documentation/setting_up_paths.md).")
-    return value
-
-
 # what nnU-Net's preprocessing writes per case (data, segmentation or mask, properties), in all its storage formats
 PREPROCESSED_SUFFIXES = (".pkl", ".b2nd", ".npz", ".npy")
 LEAKAGE_ADVICE = {
@@ -185,7 +178,7 @@ def preprocess_unlabeled(dataset_name_or_id: Union[int, str], configuration: str
     """
     if num_processes < 1:
         raise UnlabeledDataError(f"-np must be at least 1, got {num_processes}")
-    raw_root, preprocessed_root = _nnunet_folder("nnUNet_raw"), _nnunet_folder("nnUNet_preprocessed")
+    raw_root, preprocessed_root = (nnunet_folder(v, UnlabeledDataError) for v in ("nnUNet_raw", "nnUNet_preprocessed"))
     try:
         dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
     except (RuntimeError, ValueError) as e:  # nnU-Net's own message says which id and where it looked
