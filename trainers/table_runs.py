@@ -79,7 +79,6 @@ class TableRun:
             raise PluginUserError(f"{type(self).__name__} needs pseudo_labeled_folder in {TABLE_RUN_VARIABLE}: "
                                   f"'nnunet-mem-cif table --methods self-training' makes it")
 
-
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's final validation; without mirroring where the table predicts without it (``disable_tta``), so
         that validation and test cases are predicted alike. The checkpoint keeps nnU-Net's mirroring axes."""
