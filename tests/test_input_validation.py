@@ -326,8 +326,17 @@ def test_to_brats_labels_failing_on_the_4th_file_leaves_the_old_output_untouched
     assert tree_hash(tmp_path / "out") == before and sorted(os.listdir(tmp_path)) == ["gt", "out", "pred"]
 
 
+@pytest.fixture
+def ctrl_c():
+    """SIGINT as an interactive shell delivers it (Python's KeyboardInterrupt handler): a shell running the tests as a
+    background job would otherwise leave SIGINT ignored, and a simulated Ctrl-C would do nothing."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_interrupting_to_brats_labels_leaves_no_output(tmp_path, capsys, monkeypatch, signum):
+def test_interrupting_to_brats_labels_leaves_no_output(tmp_path, capsys, monkeypatch, signum, ctrl_c):
     pred, _ = label_folders(tmp_path)
     convert = brats._convert_label_file
     calls = []
@@ -695,7 +704,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_interrupting_the_demo_ends_the_nnunet_processes_it_started(tmp_path, capsys, monkeypatch, signum):
+def test_interrupting_the_demo_ends_the_nnunet_processes_it_started(tmp_path, capsys, monkeypatch, signum, ctrl_c):
     """A step's command and the processes it started (as nnU-Net's augmentation workers) end with the demo."""
     import sys
     import threading
