@@ -8,13 +8,14 @@
 #     bash experiments/evidence_table.sh [WORKDIR] [PHASE]     # default WORKDIR: evidence_table_work
 #
 # PHASE "convergence" trains only supervised nnU-Net (1 / 5 / 10 / 100 %, 3 seeds): its fold validation Dice is
-# what the schedule below was chosen on (docs/results.md). PHASE "table" (default) trains every row. Resumable:
+# what the schedule below is chosen on (docs/results.md). PHASE "table" trains every row. PHASE "all" (default)
+# runs the convergence phase and starts the table only if the check is met on the validation cases. Resumable:
 # run it again after an interruption; finished runs are skipped. After each seed it copies results.md / .csv /
 # .png and every run's run.json and metrics.json into experiments/evidence_table/, so the table can be committed
 # as it fills.
 set -euo pipefail
 WORKDIR=$(realpath -m "${1:-evidence_table_work}")
-PHASE="${2:-table}"
+PHASE="${2:-all}"
 export nnUNet_raw="$WORKDIR/nnUNet_raw" nnUNet_preprocessed="$WORKDIR/nnUNet_preprocessed"
 export nnUNet_results="$WORKDIR/nnUNet_results"
 export nnUNet_compile="${nnUNet_compile:-0}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
@@ -28,11 +29,21 @@ if [ ! -f "$nnUNet_preprocessed/Dataset992_EvidenceTable/nnUNetPlans.json" ]; th
         --test-fraction 0.2308 --seed 0 --overwrite
     nnUNetv2_plan_and_preprocess -d 992 -c 2d -np 1 -npfp 1
 fi
+if [ "$PHASE" = all ]; then
+    bash "$(realpath "$0")" "$WORKDIR" convergence
+    if ! python -c "import sys; from nnunet_mem_cif.results_table import convergence_met, load_records
+sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" "$WORKDIR/table"; then
+        echo "the convergence check is not met on the validation cases: no semi-supervised row is trained with" \
+             "this schedule (see $WORKDIR/table/results.md); lengthen SCHEDULE and run again" >&2
+        exit 3
+    fi
+    exec bash "$(realpath "$0")" "$WORKDIR" table
+fi
 case "$PHASE" in
     convergence) METHODS=(nnunet nnunet-all); FRACTIONS=(0.01 0.05 0.1) ;;
     table) METHODS=(nnunet self-training mean-teacher memcif-supervised no-mem no-cif memcif memcif-keep-t1ce nnunet-all)
            FRACTIONS=(0.01 0.1) ;;
-    *) echo "PHASE must be convergence or table, got $PHASE" >&2; exit 2 ;;
+    *) echo "PHASE must be all, convergence or table, got $PHASE" >&2; exit 2 ;;
 esac
 
 TARGET="$(dirname "$(realpath "$0")")/evidence_table"

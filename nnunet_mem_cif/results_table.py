@@ -519,33 +519,45 @@ def paired_difference(records: List[dict], a: str, b: str, fraction: float, regi
     return float(values.mean()), float(low), float(high), len(values)
 
 
-def convergence_check(records: List[dict], on: str = "test") -> List[str]:
+def convergence_steps(records: List[dict], on: str = "test") -> List[tuple]:
     """Supervised nnU-Net must improve with every step in labels (fractions, then all labels) by more than twice
     the larger of the two steps' seed-to-seed standard deviations; otherwise the schedule has not converged far
     enough for labels, and so for unlabeled data, to matter. ``on`` "validation" checks nnU-Net's fold validation
-    Dice (what a schedule is chosen on), "test" the held-out test cases (what the table reports)."""
+    Dice (what a schedule is chosen on), "test" the held-out test cases (what the table reports). Returns
+    (fraction before, after, mean before, mean after, step, 2 x std, met) per step."""
     def score(r: dict) -> Optional[float]:
         return r["mean"]["mean"]["dice"] if on == "test" else r.get("validation_dice")
     points = [(r["labeled_fraction"], score(r)) for r in records if r["method"] in ("nnunet", "nnunet-all")
               and score(r) is not None]
     fractions = sorted({f for f, _ in points})
-    if len(fractions) < 2:
-        return []
     values = {f: [d for g, d in points if g == f] for f in fractions}
     spread = {f: statistics.stdev(v) if len(v) > 1 else float("nan") for f, v in values.items()}
+    steps = []
+    for low, high in zip(fractions, fractions[1:]):
+        before, after = statistics.mean(values[low]), statistics.mean(values[high])
+        threshold = 2 * max(spread[low], spread[high])
+        steps.append((low, high, before, after, after - before, threshold, after - before > threshold))
+    return steps  # a NaN threshold (one seed) is never met: one seed cannot show it
+
+
+def convergence_met(records: List[dict], on: str = "validation") -> bool:
+    steps = convergence_steps(records, on)
+    return bool(steps) and all(step[-1] for step in steps)
+
+
+def convergence_check(records: List[dict], on: str = "test") -> List[str]:
+    """The convergence check as a section of results.md (nothing where fewer than two label amounts ran)."""
+    steps = convergence_steps(records, on)
+    if not steps:
+        return []
     cases = "the held-out test cases" if on == "test" else "nnU-Net's fold validation cases"
     lines = ["", f"## Convergence check on {cases}: supervised nnU-Net's mean Dice must rise with the labels", "",
              "| step | mean Dice before -> after | step | 2 x seed std | met |", "|---|---|---|---|---|"]
-    met_all = True
-    for low, high in zip(fractions, fractions[1:]):
-        step = statistics.mean(values[high]) - statistics.mean(values[low])
-        threshold = 2 * max(spread[low], spread[high])
-        met = step > threshold  # False where a std is NaN (one seed): one seed cannot show it
-        met_all &= met
-        lines.append(f"| {low:.0%} -> {high:.0%} | {statistics.mean(values[low]):.3f} -> "
-                     f"{statistics.mean(values[high]):.3f} | {step:+.3f} | "
+    for low, high, before, after, step, threshold, met in steps:
+        lines.append(f"| {low:.0%} -> {high:.0%} | {before:.3f} -> {after:.3f} | {step:+.3f} | "
                      f"{'n/a (one seed)' if math.isnan(threshold) else f'{threshold:.3f}'} | "
                      f"{'yes' if met else 'no'} |")
+    met_all = all(step[-1] for step in steps)
     lines += ["", f"**{'Met' if met_all else 'Not met'}**: " + (
         "every step is larger than twice its seed spread." if met_all else
         "some step in labels is within the seed spread, so this schedule cannot show what labels, or unlabeled "

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
-    load_records, markdown_report, paired_difference, table_runs, write_report
+    convergence_met, load_records, markdown_report, paired_difference, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -85,6 +85,10 @@ def test_convergence_check_needs_every_step_in_labels_above_twice_the_seed_sprea
     not_met = markdown_report(table({0.01: [0.50, 0.60], 0.1: [0.58, 0.62], 1.0: [0.85, 0.86]}))
     assert "| 1% -> 10% | 0.580 -> 0.630 | +0.050 | 0.141 | no |" in not_met and "**Not met**" in not_met
     assert "Convergence check" not in markdown_report(table({0.01: [0.5]}))
+    assert convergence_met(table({0.01: [0.50, 0.52], 0.1: [0.70, 0.71]}), "test")
+    assert not convergence_met(table({0.01: [0.50, 0.60], 0.1: [0.58, 0.62]}), "test")
+    assert not convergence_met(table({0.01: [0.50], 0.1: [0.70]}), "test")  # one seed cannot show it
+    assert not convergence_met(table({0.01: [0.50, 0.52], 0.1: [0.70, 0.71]}), "validation")  # none recorded
 
 
 def test_table_runs_order_self_training_after_its_supervised_run_and_the_upper_bound_once_per_seed():
