@@ -33,15 +33,17 @@ def case_files(folder: str, file_ending: str) -> Dict[str, List[str]]:
     Lenient on purpose (files of another naming are skipped): this only asks which cases a folder holds. Checking
     that a folder is complete is the job of whoever reads it for training.
     """
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder, \
-        get_identifiers_from_splitted_dataset_folder
+    from nnunetv2.utilities.utils import create_paths_fn, get_identifiers_from_splitted_dataset_folder
     if not os.path.isdir(folder):
         return {}
-    # nnU-Net's own reading of a folder; hidden files (e.g. macOS's ._ copies) are not cases
+    # nnU-Net's own reading of a folder, case by case: its create_lists_from_splitted_dataset_folder runs the same
+    # matcher in a forked process pool, which deadlocks in a process that already runs threads (a trainer, the
+    # table, the tests). Hidden files (e.g. macOS's ._ copies) are not cases.
+    names = sorted(name for name in os.listdir(folder) if name.endswith(file_ending))
     identifiers = [case for case in get_identifiers_from_splitted_dataset_folder(folder, file_ending)
                    if not case.startswith(".")]
-    files = create_lists_from_splitted_dataset_folder(folder, file_ending, identifiers)
-    return {case: channels for case, channels in zip(identifiers, files) if channels}
+    cases = {case: create_paths_fn(folder, names, file_ending, case) for case in identifiers}
+    return {case: channels for case, channels in cases.items() if channels}
 
 
 def file_digest(path: str) -> str:

@@ -406,9 +406,9 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
     cases' labels. Returns the preprocessed folder (the other cases linked from nnU-Net's) and each stage's time."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    from nnunetv2.utilities.utils import create_lists_from_splitted_dataset_folder
 
     from nnunet_mem_cif.atomic import atomic_folder
+    from nnunet_mem_cif.leakage import TRAINING_FOLDER, case_files
 
     supervised = Run("nnunet", run.fraction, run.seed)
     supervised_record = load_json(os.path.join(supervised.folder(table.output_dir), "run.json"))
@@ -430,8 +430,8 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
     images = os.path.join(run_dir, "pseudo_label_input")  # links to the hidden-label cases' images only
     shutil.rmtree(images, ignore_errors=True)
     os.makedirs(images)
-    image_files = create_lists_from_splitted_dataset_folder(os.path.join(table.raw_dataset, "imagesTr"),
-                                                            file_ending, hidden)
+    training_images = case_files(os.path.join(table.raw_dataset, TRAINING_FOLDER), file_ending)
+    image_files = [training_images[case] for case in hidden]
     for files in image_files:
         for path in files:
             os.symlink(path, os.path.join(images, os.path.basename(path)))
