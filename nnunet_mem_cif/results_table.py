@@ -321,8 +321,8 @@ class TableSetting:
 
     def environment(self, run_dir: str) -> Dict[str, str]:
         from nnunet_mem_cif.nnunet_commands import nnunet_command_environment
-        return nnunet_command_environment(self.device, raw=os.environ["nnUNet_raw"],
-                                          preprocessed=os.environ["nnUNet_preprocessed"],
+        return nnunet_command_environment(self.device, raw=os.path.dirname(self.raw_dataset),
+                                          preprocessed=os.path.dirname(self.preprocessed_dataset),
                                           results=os.path.join(run_dir, "nnUNet_results"))
 
     def predict(self, title: str, trainer: str, images: str, predictions: str, run_dir: str, log: str) -> float:
@@ -411,8 +411,8 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
     from nnunet_mem_cif.leakage import TRAINING_FOLDER, case_files
 
     supervised = Run("nnunet", run.fraction, run.seed)
-    supervised_record = load_json(os.path.join(supervised.folder(table.output_dir), "run.json"))
     supervised_dir = supervised.folder(table.output_dir)
+    supervised_record = load_json(os.path.join(supervised_dir, "run.json"))
     subset = load_json(os.path.join(fold_folder(supervised_dir, table.dataset_name, METHODS["nnunet"].trainer,
                                                 table.fold, table.configuration), "labeled_subset.json"))
     hidden = subset["unlabeled"]
