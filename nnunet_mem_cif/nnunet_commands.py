@@ -72,7 +72,8 @@ def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
     keep training (and holding the GPU) after the command that started them has gone.
     """
     pattern = re.compile(progress_pattern) if progress_pattern else None
-    with open(log_file, "w") as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
+    # line-buffered: the log is readable while a long step (a training) is still running
+    with open(log_file, "w", buffering=1) as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
                                           leave=True) as bar:
         log.write("$ " + " ".join(command) + "\n")
         last_line = ""

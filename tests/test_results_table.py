@@ -183,3 +183,17 @@ def test_a_failed_nnunet_step_is_one_line_naming_its_last_output_and_log(tmp_pat
     assert "exit code 3" in message and "CUDA is not available" in message and str(log) in message
     assert "working" in log.read_text()  # the whole output is kept in the log
     assert isinstance(raised.value, PluginUserError)  # so that the command line shows one line, exit code 2
+
+
+def test_a_running_nnunet_step_writes_its_log_line_by_line(tmp_path):
+    """A training runs for hours: its log must be readable before it ends (a block-buffered file stayed empty)."""
+    from nnunet_mem_cif.nnunet_commands import run_step
+    log, seen = tmp_path / "step.log", tmp_path / "seen"
+    # the step waits until it has seen its own first line in the log, and fails if it never does
+    script = ("import os, sys, time; print('epoch 0', flush=True)\n"
+              "for _ in range(200):\n"
+              "    if 'epoch 0' in open(sys.argv[1]).read(): open(sys.argv[2], 'w').close(); break\n"
+              "    time.sleep(0.05)\n"
+              "else: sys.exit(4)")
+    run_step("[1/1] nnUNetv2_train", [sys.executable, "-c", script, str(log), str(seen)], dict(os.environ), str(log))
+    assert seen.exists()
