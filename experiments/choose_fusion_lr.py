@@ -20,9 +20,9 @@ import statistics
 import sys
 from typing import Dict, Optional, Tuple
 
-from gradient_scale import label, parse_multipliers
+from gradient_scale import label
 
-from nnunet_mem_cif.results_table import fold_folder
+from nnunet_mem_cif.results_table import fold_folder, parse_lr_multipliers
 from nnunet_mem_cif.nnunet_commands import nnunet_environment, run_step
 from nnunet_mem_cif.discovery import console_script
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
@@ -90,7 +90,7 @@ def cif_summary(fold: str) -> Optional[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="choose_fusion_lr_work")
-    parser.add_argument("--multipliers", type=parse_multipliers, nargs="+", default=[(1.0, 1.0), (30.0, 150.0)],
+    parser.add_argument("--multipliers", type=parse_lr_multipliers, nargs="+", default=[(1.0, 1.0), (30.0, 150.0)],
                         help="MEM:CIF settings (one number: both)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)

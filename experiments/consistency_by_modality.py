@@ -19,31 +19,25 @@ from typing import Dict, List
 
 import numpy as np
 import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgenerators.utilities.file_and_folder_operations import load_json
 
 from nnunet_mem_cif.brats import MODALITIES, REGIONS_NNUNET
 from nnunet_mem_cif.checkpoints import read_checkpoint
+from nnunet_mem_cif.evaluation import dice
 from nnunet_mem_cif.trainers.semi_supervised import SSL_CHECKPOINT_KEY
 
 
 def tumor_patch(data: np.ndarray, seg: np.ndarray, patch_size) -> tuple:
-    """The patch of ``patch_size`` (2d: a slice through the tumor centre) around the tumor's centre, zero-padded."""
-    spatial = data.shape[1:]
+    """The patch of ``patch_size`` (2d: a slice through the tumor centre) around the tumor's centre, zero-padded
+    where it leaves the image (acvl-utils' crop_and_pad_nd)."""
     foreground = np.argwhere(seg[0] > 0)
-    centre = foreground.mean(0).round().astype(int) if len(foreground) else np.array(spatial) // 2
+    centre = foreground.mean(0).round().astype(int) if len(foreground) else np.array(data.shape[1:]) // 2
     if len(patch_size) == 2:  # 2d: one axial slice (nnU-Net's 2d slices along the first spatial axis)
         data, seg = data[:, centre[0]], seg[:, centre[0]]
-        centre, spatial = centre[1:], spatial[1:]
-    out_data = np.zeros((data.shape[0], *patch_size), np.float32)
-    out_seg = np.zeros((1, *patch_size), np.int16)
-    source, target = [], []
-    for c, size, p in zip(centre, spatial, patch_size):
-        start = c - p // 2
-        source.append(slice(max(start, 0), min(start + p, size)))
-        target.append(slice(max(-start, 0), max(-start, 0) + min(start + p, size) - max(start, 0)))
-    out_data[(slice(None), *target)] = data[(slice(None), *source)]
-    out_seg[(slice(None), *target)] = seg[(slice(None), *source)]
-    return out_data, out_seg
+        centre = centre[1:]
+    box = [[int(c) - p // 2, int(c) - p // 2 + p] for c, p in zip(centre, patch_size)]
+    return crop_and_pad_nd(data, box).astype(np.float32), crop_and_pad_nd(seg, box).astype(np.int16)
 
 
 def main() -> None:
@@ -96,10 +90,7 @@ def main() -> None:
                 values = []
                 for i, mask in enumerate(reference):
                     values.append(squared[i][mask].mean() if mask.any() else np.nan)
-                for i, mask in enumerate(reference):
-                    both = (prediction[i] & mask).sum()
-                    total = prediction[i].sum() + mask.sum()
-                    values.append(2 * both / total if total else 1.0)
+                values += [dice(prediction[i], mask) for i, mask in enumerate(reference)]
                 rows.setdefault(dropped, []).append(np.array(values, float))
     short = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET"}
     print(f"{fold_folder}: {len(keys)} validation cases, one tumor-centred patch each; teacher sees every modality")

@@ -8,11 +8,13 @@
 #     bash experiments/evidence_table.sh [WORKDIR] [PHASE]     # default WORKDIR: evidence_table_work
 #
 # PHASE "convergence" trains only supervised nnU-Net (1 / 5 / 10 / 100 %, 3 seeds): its fold validation Dice is
-# what the schedule below is chosen on (docs/results.md). PHASE "table" trains every row. PHASE "all" (default)
-# runs the convergence phase and starts the table only if the check is met on the validation cases. Resumable:
-# run it again after an interruption; finished runs are skipped. After each seed it copies results.md / .csv /
-# .png and every run's run.json and metrics.json into experiments/evidence_table/, so the table can be committed
-# as it fills.
+# what the schedule below is chosen on (docs/results.md). PHASE "choices" trains the full method at 1 %, seed 0,
+# once per candidate setting (CANDIDATES: consistency weight, MEM:CIF lr multipliers) and chooses among them on the
+# fold validation cases (experiments/choose_on_validation.py). PHASE "table" trains every row with the chosen
+# setting. PHASE "all" (default) runs the three in turn, and the choices and the table only if the convergence
+# check is met on the validation cases. Resumable: run it again after an interruption; finished runs are skipped.
+# After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into
+# experiments/evidence_table/ (the choices: choices.md, chosen.json), so the table can be committed as it fills.
 set -euo pipefail
 WORKDIR=$(realpath -m "${1:-evidence_table_work}")
 PHASE="${2:-all}"
@@ -37,16 +39,40 @@ sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" 
              "this schedule (see $WORKDIR/table/results.md); lengthen SCHEDULE and run again" >&2
         exit 3
     fi
+    bash "$(realpath "$0")" "$WORKDIR" choices
     exec bash "$(realpath "$0")" "$WORKDIR" table
 fi
+TARGET="$(dirname "$(realpath "$0")")/evidence_table"
+CHOICES="$WORKDIR/choices"
+if [ "$PHASE" = choices ]; then
+    # name -> table options; "default" is the trainers' own setting (consistency weight 1, MEM:CIF 30:150)
+    CANDIDATES=("default=" "weight-0.3=--consistency-weight 0.3" "weight-3=--consistency-weight 3"
+                "lr-1=--lr-multipliers 1:1")
+    for candidate in "${CANDIDATES[@]}"; do
+        # shellcheck disable=SC2086  # the options are words
+        nnunet-mem-cif table --dataset-id 992 --output-dir "$CHOICES/${candidate%%=*}" --methods memcif \
+            --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
+    done
+    python "$(dirname "$(realpath "$0")")/choose_on_validation.py" "$CHOICES"
+    mkdir -p "$TARGET" && cp "$CHOICES/choices.md" "$CHOICES/chosen.json" "$TARGET"/
+    exit 0
+fi
 case "$PHASE" in
-    convergence) METHODS=(nnunet nnunet-all); FRACTIONS=(0.01 0.05 0.1) ;;
+    convergence) METHODS=(nnunet nnunet-all); FRACTIONS=(0.01 0.05 0.1); OPTIONS=() ;;
     table) METHODS=(nnunet self-training mean-teacher memcif-supervised no-mem no-cif memcif memcif-keep-t1ce nnunet-all)
-           FRACTIONS=(0.01 0.1) ;;
-    *) echo "PHASE must be all, convergence or table, got $PHASE" >&2; exit 2 ;;
+           FRACTIONS=(0.01 0.1)
+           if [ ! -f "$CHOICES/chosen.json" ]; then
+               echo "$CHOICES/chosen.json not found: run the choices phase first" >&2; exit 2
+           fi
+           read -ra OPTIONS <<< "$(python -c "import json, sys; print(' '.join(json.load(open(sys.argv[1]))['table_options']))" "$CHOICES/chosen.json")"
+           # the chosen candidate's full-method run is the table's (same data, setting and seed): not trained twice
+           chosen_run="$CHOICES/$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['candidate'])" "$CHOICES/chosen.json")/runs/memcif/fraction0.01_seed0"
+           if [ ! -e "$WORKDIR/table/runs/memcif/fraction0.01_seed0" ]; then
+               mkdir -p "$WORKDIR/table/runs/memcif" && cp -a "$chosen_run" "$WORKDIR/table/runs/memcif/"
+           fi ;;
+    *) echo "PHASE must be all, convergence, choices or table, got $PHASE" >&2; exit 2 ;;
 esac
 
-TARGET="$(dirname "$(realpath "$0")")/evidence_table"
 copy_results() {
     mkdir -p "$TARGET"
     cp "$WORKDIR/table"/results.md "$WORKDIR/table"/results.csv "$WORKDIR/table"/results.png "$TARGET"/
@@ -54,7 +80,7 @@ copy_results() {
 }
 for seed in 0 1 2; do
     nnunet-mem-cif table --dataset-id 992 --output-dir "$WORKDIR/table" --methods "${METHODS[@]}" \
-        --fractions "${FRACTIONS[@]}" --seeds "$seed" "${SCHEDULE[@]}" --device cpu
+        --fractions "${FRACTIONS[@]}" --seeds "$seed" "${SCHEDULE[@]}" --device cpu "${OPTIONS[@]}"
     copy_results
 done
 echo "copied the table to $TARGET"

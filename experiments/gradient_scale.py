@@ -27,23 +27,11 @@ from torch import nn
 from nnunet_mem_cif.architectures import ComplementaryInformationFusion, ModalitySpecificEnhancement
 from nnunet_mem_cif.demo import DEMO_DATASET_NAME
 from nnunet_mem_cif.nnunet_commands import nnunet_environment, prepare_phantom_dataset
+from nnunet_mem_cif.results_table import parse_lr_multipliers
 
 DATASET_ID = 991
 CONFIGURATION = "3d_fullres"
 CONVOLUTIONS = "convolutions (encoder, decoder, fused skips)"
-
-
-def parse_multipliers(text: str) -> Tuple[float, float]:
-    """``"MEM:CIF"`` or one number for both -> (mem_lr_multiplier, cif_lr_multiplier), both > 0."""
-    try:
-        values = tuple(float(v) for v in text.split(":"))
-    except ValueError:
-        values = ()
-    if len(values) == 1:
-        values = values * 2
-    if len(values) != 2 or not all(v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"expected MEM:CIF or one number, both > 0, got {text!r}")
-    return values
 
 
 def label(multipliers: Tuple[float, float]) -> str:
@@ -109,7 +97,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", default="gradient_scale_work")
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--multipliers", type=parse_multipliers, nargs="+",
+    parser.add_argument("--multipliers", type=parse_lr_multipliers, nargs="+",
                         default=[(1.0, 1.0), (30.0, 30.0), (100.0, 100.0), (30.0, 150.0)], help="MEM:CIF settings")
     args = parser.parse_args()
     if args.steps < 1:

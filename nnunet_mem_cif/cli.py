@@ -90,7 +90,8 @@ def _cmd_table(args: argparse.Namespace) -> int:
     device = resolve_device(args.device, TableError)
     os.environ["nnUNet_extTrainer"] = ext_trainer_value(os.environ.get("nnUNet_extTrainer"))
     run_table(args.dataset_id, args.output_dir, args.fractions, args.methods, args.epochs, args.iterations,
-              args.seeds, device, args.fold, command_line(), args.configuration, args.batch_size, args.disable_tta)
+              args.seeds, device, args.fold, command_line(), args.configuration, args.batch_size, args.disable_tta,
+              args.consistency_weight, args.lr_multipliers)
     print(f"table: {os.path.join(os.path.abspath(args.output_dir), 'results.md')} (.csv, .png beside it)")
     return 0
 
@@ -182,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--overwrite", action="store_true", help="replace an earlier, finished demo in WORKDIR whole")
     demo.set_defaults(func=_cmd_demo, all_or_nothing=True)
 
-    from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS
+    from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, parse_lr_multipliers
     table = sub.add_parser("table", help="the paper's table: methods x labeled fractions, one command",
                            description="Trains every method at every labeled fraction (and seed) on the same fold of "
                                        "a fully labeled, planned and preprocessed dataset through nnUNetv2_train, "
@@ -205,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--disable-tta", action="store_true", help="predict validation, unlabeled and test cases "
                        "without mirroring, in every row alike (nnUNetv2_predict --disable_tta); 4x (2d) to 8x (3d) "
                        "less inference time")
+    table.add_argument("--consistency-weight", type=float, default=None, help="the semi-supervised rows' consistency "
+                       "weight (default: the trainers', 1.0); choose it on validation cases (docs/results.md)")
+    table.add_argument("--lr-multipliers", type=parse_lr_multipliers, default=None, metavar="MEM:CIF",
+                       help="MEM's and CIF's lr multipliers in the MEM + CIF rows (default: the trainers', 30:150)")
     table.add_argument("--fold", default="0", help="nnU-Net fold (default 0; 'all' is not supported)")
     table.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     table.add_argument("--report-only", action="store_true", help="only rewrite results.* from finished runs")

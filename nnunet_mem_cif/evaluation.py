@@ -56,11 +56,18 @@ def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
     return float(np.percentile(np.concatenate((to_reference, to_prediction)), 95))
 
 
-def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two masks (nnU-Net's TP / FP / FN); 1.0 where both are empty, as BraTS scores an absent region that
+    is correctly not predicted."""
     tp, fp, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))
-    dice = 1.0 if tp + fp + fn == 0 else 2.0 * tp / (2 * tp + fp + fn)
+    return 1.0 if tp + fp + fn == 0 else float(2.0 * tp / (2 * tp + fp + fn))
+
+
+def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
+    tp, _, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))
     sensitivity = float("nan") if tp + fn == 0 else tp / (tp + fn)
-    return {"dice": float(dice), "sensitivity": float(sensitivity), "hd95": hd95(prediction, reference, spacing)}
+    return {"dice": dice(prediction, reference), "sensitivity": float(sensitivity),
+            "hd95": hd95(prediction, reference, spacing)}
 
 
 def case_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float],

@@ -36,6 +36,7 @@ class Method:
     unlabeled: bool = False  # the hidden-label cases, without labels (semi-supervised)
     pseudo_labels: bool = False  # the hidden-label cases, labeled by the supervised run (self-training)
     all_labels: bool = False  # every training case of the fold labeled, whatever --fractions says (upper bound)
+    fusion: bool = False  # the MEM + CIF network, whose MEM and CIF train at their own lr multipliers
     default: bool = True  # in the table without --methods; candidates are run on request
 
 
@@ -45,14 +46,14 @@ METHODS: Dict[str, Method] = {
     "nnunet": Method("supervised nnU-Net", "nnUNetTrainer_table"),
     "self-training": Method("nnU-Net self-training", "nnUNetTrainer_selftraining_table", pseudo_labels=True),
     "mean-teacher": Method("Mean Teacher", "MeanTeacherTrainer_table", unlabeled=True),
-    "memcif-supervised": Method("MEM + CIF, supervised", "MemCifTrainer_table"),
-    "no-mem": Method("no MEM", "MemCifSemiTrainer_noMEM_table", unlabeled=True),
-    "no-cif": Method("no CIF", "MemCifSemiTrainer_noCIF_table", unlabeled=True),
-    "memcif": Method("full method", "MemCifSemiTrainer_table", unlabeled=True),
+    "memcif-supervised": Method("MEM + CIF, supervised", "MemCifTrainer_table", fusion=True),
+    "no-mem": Method("no MEM", "MemCifSemiTrainer_noMEM_table", unlabeled=True, fusion=True),
+    "no-cif": Method("no CIF", "MemCifSemiTrainer_noCIF_table", unlabeled=True, fusion=True),
+    "memcif": Method("full method", "MemCifSemiTrainer_table", unlabeled=True, fusion=True),
     "nnunet-all": Method("nnU-Net, all labels (upper bound)", "nnUNetTrainer_table", all_labels=True),
     # a candidate change to the method (docs/design.md §3), chosen on validation cases before it joins the table
     "memcif-keep-t1ce": Method("full method, T1ce never dropped", "MemCifSemiTrainer_keepT1ce_table",
-                               unlabeled=True, default=False),
+                               unlabeled=True, fusion=True, default=False),
 }
 DEFAULT_METHODS = [name for name, method in METHODS.items() if method.default]
 # the paired differences the report gives, (A, B) for A - B
@@ -64,6 +65,11 @@ REGIONS = (*REGIONS_NNUNET, "mean")  # the evaluated regions (nnunet_mem_cif/bra
 REGION_SHORT = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET", "mean": "mean"}
 CONFIGURATIONS = ("2d", "3d_fullres")  # one network per run; the cascade's two stages are not a table row
 BOOTSTRAP_SAMPLES = 10000
+# what a run is trained with (its record keeps them, and SETTING_FILE while it trains): a finished or interrupted
+# run is only reused for the same values
+SETTING_FILE = "setting.json"
+RUN_SETTING_KEYS = ("labeled_fraction", "epochs", "iterations_per_epoch", "seed", "batch_size", "disable_tta",
+                    "consistency_weight", "mem_lr_multiplier", "cif_lr_multiplier")
 
 
 class TableError(PluginUserError, ValueError):
@@ -138,12 +144,19 @@ def check_dataset(raw_dataset: str, preprocessed_dataset: str, configuration: st
 
 
 def check_arguments(fractions: Sequence[float], methods: Sequence[str], epochs: int, iterations_per_epoch: int,
-                    seeds: Sequence[int], configuration: str = "3d_fullres", batch_size: Optional[int] = None) -> None:
+                    seeds: Sequence[int], configuration: str = "3d_fullres", batch_size: Optional[int] = None,
+                    consistency_weight: Optional[float] = None,
+                    lr_multipliers: Optional[Tuple[float, float]] = None) -> None:
     """Arguments no table can come from (NaN fails every range comparison, so it is refused too)."""
     if configuration not in CONFIGURATIONS:
         raise TableError(f"--configuration {configuration}: the table trains {' or '.join(CONFIGURATIONS)}")
     if batch_size is not None and batch_size < 1:
         raise TableError(f"--batch-size must be at least 1, got {batch_size}")
+    if consistency_weight is not None and not 0 < consistency_weight < math.inf:
+        raise TableError(f"--consistency-weight must be a number > 0, got {consistency_weight}")
+    if lr_multipliers is not None and not all(0 < m < math.inf for m in lr_multipliers):
+        raise TableError(f"--lr-multipliers MEM:CIF must both be numbers > 0, got "
+                         f"{':'.join(map(str, lr_multipliers))}")
     if "self-training" in methods and "nnunet" not in methods:
         raise TableError("--methods: self-training starts from the supervised nnU-Net run of its fraction and seed; "
                          "add nnunet to --methods.")
@@ -164,6 +177,21 @@ def check_arguments(fractions: Sequence[float], methods: Sequence[str], epochs: 
     bad = [s for s in seeds if not 0 <= s < 2 ** 32]
     if bad:
         raise TableError(f"--seeds must lie between 0 and 2**32 - 1, got {', '.join(map(str, bad))}")
+
+
+def parse_lr_multipliers(text: str) -> Tuple[float, float]:
+    """``"MEM:CIF"`` or one number for both -> (mem_lr_multiplier, cif_lr_multiplier), both > 0 (an argparse
+    type: the table's --lr-multipliers and the experiments' --multipliers)."""
+    import argparse
+    try:
+        values = tuple(float(v) for v in text.split(":"))
+    except ValueError:
+        values = ()
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(0 < v < math.inf for v in values):
+        raise argparse.ArgumentTypeError(f"expected MEM:CIF or one number, both > 0, got {text!r}")
+    return values
 
 
 def parse_fold(fold) -> int:
@@ -263,7 +291,9 @@ def check_no_test_case_in_training(raw_dataset: str, file_ending: str, reader_cl
 def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], methods: Sequence[str],
               epochs: int, iterations_per_epoch: int, seeds: Sequence[int], device: str, fold=0,
               command: Optional[str] = None, configuration: str = "3d_fullres",
-              batch_size: Optional[int] = None, disable_tta: bool = False) -> List[dict]:
+              batch_size: Optional[int] = None, disable_tta: bool = False,
+              consistency_weight: Optional[float] = None,
+              lr_multipliers: Optional[Tuple[float, float]] = None) -> List[dict]:
     """Train, predict and evaluate every missing (seed, fraction, method), then write the table.
 
     Everything is checked before the output folder is created: the arguments, the dataset (plans, preprocessed
@@ -273,7 +303,8 @@ def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], meth
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
-    check_arguments(fractions, methods, epochs, iterations_per_epoch, seeds, configuration, batch_size)
+    check_arguments(fractions, methods, epochs, iterations_per_epoch, seeds, configuration, batch_size,
+                    consistency_weight, lr_multipliers)
     fold = parse_fold(fold)
     from nnunet_mem_cif.nnunet_commands import nnunet_folder
     raw_root, preprocessed_root = (nnunet_folder(v, TableError) for v in ("nnUNet_raw", "nnUNet_preprocessed"))
@@ -293,8 +324,11 @@ def run_table(dataset_id: int, output_dir: str, fractions: Sequence[float], meth
                                    ["file_ending"], plans.image_reader_writer_class)
     os.makedirs(output_dir, exist_ok=True)
     table = TableSetting(dataset_id, dataset_name, raw_dataset, preprocessed_dataset, output_dir, configuration,
-                         fold, epochs, iterations_per_epoch, batch_size, disable_tta, device, command)
+                         fold, epochs, iterations_per_epoch, batch_size, disable_tta, consistency_weight,
+                         lr_multipliers, device, command)
     runs = table_runs(methods, fractions, seeds)
+    for run in runs:
+        check_same_setting(run.folder(output_dir), run_setting(run, table))
     records = []
     for index, run in enumerate(runs, 1):
         records.append(run_one(run, f"[{index}/{len(runs)}]", table))
@@ -316,6 +350,8 @@ class TableSetting:
     iterations_per_epoch: int
     batch_size: Optional[int]
     disable_tta: bool  # no mirroring at validation, pseudo-labelling and test prediction, for every row alike
+    consistency_weight: Optional[float]  # the semi-supervised rows'; None: the trainers' default
+    lr_multipliers: Optional[Tuple[float, float]]  # MEM, CIF of the MEM + CIF rows; None: the trainers' default
     device: str
     command: Optional[str]
 
@@ -338,6 +374,38 @@ class TableSetting:
         return time.time() - start
 
 
+def run_setting(run: Run, table: TableSetting) -> dict:
+    """What the run's trainer is told (``NNUNET_MEM_CIF_TABLE_RUN``), less self-training's pseudo-labeled folder."""
+    method = METHODS[run.method]
+    setting = {"labeled_fraction": run.fraction, "epochs": table.epochs,
+               "iterations_per_epoch": table.iterations_per_epoch, "seed": run.seed}
+    if table.batch_size is not None:
+        setting["batch_size"] = table.batch_size
+    if table.disable_tta:
+        setting["disable_tta"] = True
+    if method.unlabeled and table.consistency_weight is not None:
+        setting["consistency_weight"] = table.consistency_weight
+    if method.fusion and table.lr_multipliers is not None:
+        setting["mem_lr_multiplier"], setting["cif_lr_multiplier"] = table.lr_multipliers
+    return setting
+
+
+def check_same_setting(run_dir: str, setting: dict) -> None:
+    """A finished run (run.json) is reused, and an interrupted one (setting.json) resumed, only where this command
+    would train it alike: a table must not mix settings. Checked for every run before the first one trains."""
+    for name in ("run.json", SETTING_FILE):
+        path = os.path.join(run_dir, name)
+        if os.path.isfile(path):
+            with open(path) as f:
+                recorded = json.load(f)
+            differing = [f"{k} {recorded.get(k)} (now {setting.get(k)})" for k in RUN_SETTING_KEYS
+                         if recorded.get(k) != setting.get(k)]
+            if differing:
+                raise TableError(f"{run_dir} was trained with another setting: {', '.join(differing)}. Give this "
+                                 f"setting its own --output-dir, or the earlier command's options.")
+            return
+
+
 def run_one(run: Run, step: str, table: TableSetting) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
@@ -350,16 +418,12 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
     record_file = os.path.join(run_dir, "run.json")
     method = METHODS[run.method]
     title = f"{step} {method.row}, {run.fraction:.0%} labeled, seed {run.seed}"
+    setting = run_setting(run, table)
     if os.path.isfile(record_file):
         print(f"{title}: done before, skipped")
         return load_json(record_file)
     os.makedirs(run_dir, exist_ok=True)
-    setting = {"labeled_fraction": run.fraction, "epochs": table.epochs,
-               "iterations_per_epoch": table.iterations_per_epoch, "seed": run.seed}
-    if table.batch_size is not None:
-        setting["batch_size"] = table.batch_size
-    if table.disable_tta:
-        setting["disable_tta"] = True
+    write_atomically(os.path.join(run_dir, SETTING_FILE), lambda partial: save_json(setting, partial))
     stages = {}
     if method.pseudo_labels:
         setting["pseudo_labeled_folder"], stages = pseudo_label(run, title, table)

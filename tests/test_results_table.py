@@ -1,4 +1,5 @@
 """The paper's table: the *_table trainers' setting, the table writer, and the command through nnU-Net's CLI."""
+import argparse
 import csv
 import json
 import os
@@ -8,7 +9,8 @@ import sys
 import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
-    convergence_met, load_records, markdown_report, paired_difference, table_runs, write_report
+    check_same_setting, convergence_met, load_records, markdown_report, paired_difference, parse_lr_multipliers, \
+    table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -105,6 +107,33 @@ def test_table_runs_order_self_training_after_its_supervised_run_and_the_upper_b
         check_arguments([0.1], ["nnunet"], 1, 1, [0], "2d", 0)
 
 
+def test_chosen_settings_are_checked_and_a_finished_run_is_reused_only_with_its_own_setting(tmp_path):
+    for weight in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(PluginUserError, match="--consistency-weight must be a number > 0"):
+            check_arguments([0.1], ["memcif"], 1, 1, [0], "2d", None, weight)
+    with pytest.raises(PluginUserError, match="--lr-multipliers MEM:CIF must both be numbers > 0"):
+        check_arguments([0.1], ["memcif"], 1, 1, [0], "2d", None, None, (30.0, 0.0))
+    assert parse_lr_multipliers("30:150") == (30.0, 150.0) and parse_lr_multipliers("2") == (2.0, 2.0)
+    for text in ("a:b", "0:1", "1:2:3", "nan", "inf:1"):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected MEM:CIF"):
+            parse_lr_multipliers(text)
+    setting = {"labeled_fraction": 0.01, "epochs": 15, "iterations_per_epoch": 40, "seed": 0, "batch_size": 16,
+               "consistency_weight": 0.3}
+    check_same_setting(str(tmp_path), setting)  # a run not started yet
+    # an interrupted run: its setting.json; a finished one: its run.json (what else a record holds does not matter)
+    for name, recorded in (("setting.json", {**setting, "consistency_weight": 1.0}),
+                           ("run.json", {k: v for k, v in setting.items() if k not in ("batch_size",
+                                                                                     "consistency_weight")})):
+        (tmp_path / name).write_text(json.dumps({**recorded, "test_cases": ["t1"]}))
+        check_same_setting(str(tmp_path), recorded)
+    with pytest.raises(PluginUserError, match=r"another setting: batch_size None \(now 16\), consistency_weight "
+                                              r"None \(now 0.3\)\. "):
+        check_same_setting(str(tmp_path), setting)
+    (tmp_path / "run.json").unlink()
+    with pytest.raises(PluginUserError, match=r"another setting: consistency_weight 1.0 \(now 0.3\)\. "):
+        check_same_setting(str(tmp_path), setting)
+
+
 def test_table_trainers_need_their_setting(monkeypatch):
     monkeypatch.delenv(TABLE_RUN_VARIABLE, raising=False)
     with pytest.raises(PluginUserError, match="nnunet-mem-cif table"):
@@ -136,7 +165,8 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
     """Every row of the table with a 1-epoch schedule through nnUNetv2_train / _predict, then a rerun skips all."""
     output = tmp_path / "table"
     args = ("nnunet-mem-cif", "table", "--dataset-id", str(DATASET_ID), "--output-dir", str(output),
-            "--fractions", "0.5", "--epochs", "1", "--iterations", "2", "--seeds", "3", "--device", "cpu")
+            "--fractions", "0.5", "--epochs", "1", "--iterations", "2", "--seeds", "3", "--device", "cpu",
+            "--consistency-weight", "0.5", "--lr-multipliers", "20:100")
     workspace.run(*args, timeout=2400)
     records = load_records(str(output))
     assert [r["method"] for r in records] == DEFAULT_METHODS
@@ -152,6 +182,11 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
         log = (output / "runs" / r["method"] / f"fraction{r['labeled_fraction']:g}_seed3" / "train.log").read_text()
         assert f"-tr {r['trainer']}" in log and log.count("Epoch time:") == 1
         assert bool(re.search(r"SSL: supervised loss", log)) == METHODS[r["method"]].unlabeled
+        # the chosen settings reach the rows they apply to, and only those
+        assert ("SSL: consistency weight 0.5 (" in log) == (r.get("consistency_weight") == 0.5) == \
+            METHODS[r["method"]].unlabeled
+        multipliers = (r.get("mem_lr_multiplier"), r.get("cif_lr_multiplier"))
+        assert ("MEM lr x20, CIF lr x100" in log) == (multipliers == (20, 100)) == METHODS[r["method"]].fusion
     # self-training: the hidden-label cases preprocessed from the supervised run's predictions, the rest nnU-Net's
     self_training = output / "runs" / "self-training" / "fraction0.5_seed3"
     hidden = json.loads((self_training / "run.json").read_text())
@@ -169,6 +204,11 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
     assert "| 100% | nnU-Net, all labels (upper bound) | 4 |" in table and "## Paired differences" in table
     again = workspace.run(*args)
     assert again.stdout.count("done before, skipped") == len(DEFAULT_METHODS)
+    # a finished run is not reused for another setting: the first run it applies to stops the command
+    other = workspace.run(*args[:-4], "--consistency-weight", "2", check=False)
+    assert other.returncode == 2 and "Traceback" not in other.stderr
+    assert "mean-teacher/fraction0.5_seed3 was trained with another setting: consistency_weight 0.5 (now 2.0). " \
+        in other.stderr
     assert os.path.isfile(os.path.join(output, "results.png"))
     assert DATASET_NAME in table
 

@@ -54,6 +54,8 @@ class MemCifTrainer(nnUNetTrainer):
         groups = fusion_parameter_groups(self.network, self.initial_lr, self.weight_decay,
                                          {ModalitySpecificEnhancement: self.mem_lr_multiplier,
                                           ComplementaryInformationFusion: self.cif_lr_multiplier})
+        self.print_to_log_file(f"MEM lr x{self.mem_lr_multiplier:g}, CIF lr x{self.cif_lr_multiplier:g} of "
+                               f"nnU-Net's (initial {self.initial_lr:g}), without weight decay")
         return fusion_optimizer(groups, self.initial_lr, self.weight_decay, self.num_epochs)
 
 

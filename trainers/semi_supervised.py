@@ -166,7 +166,9 @@ class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
                 loader, None, num_processes=max(1, num_processes // 2), num_cached=max(3, num_processes // 2),
                 seeds=None, pin_memory=self.device.type == "cuda", wait_time=0.002)
         source = "training cases with hidden labels" if self.labeled_fraction is not None else "unlabeled folder"
-        self.print_to_log_file(f"Unlabeled cases: {len(unlabeled.identifiers)} ({source})")
+        self.print_to_log_file(f"Unlabeled cases: {len(unlabeled.identifiers)} ({source}); SSL: consistency weight "
+                               f"{self.consistency_weight_max:g} (ramped up over the first "
+                               f"{self.consistency_rampup_fraction:.0%} of iterations), EMA decay {self.ema_decay:g}")
         _ = next(self.dataloader_unlabeled)
         return dataloader_train, dataloader_val
 

@@ -44,11 +44,12 @@ class TableRun:
     """Mixin, first base: labeled fraction, schedule and seed of one table run. The seed picks the labeled
     cases (the same for every method at that fraction) and seeds torch and numpy before the network is built.
     Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250). Optional
-    ``mem_lr_multiplier`` / ``cif_lr_multiplier`` keys override the MEM/CIF rows' multipliers
-    (experiments/choose_fusion_lr.py compares them on validation folds). An optional ``batch_size`` replaces the
-    plans' for every row alike (a CPU table's setting), ``disable_tta`` predicts the fold's validation cases
-    without mirroring (as ``nnUNetv2_predict --disable_tta`` does the test cases), and ``pseudo_labeled_folder``
-    points self-training's second stage at the preprocessed cases whose labels the first stage predicted."""
+    ``mem_lr_multiplier`` / ``cif_lr_multiplier`` keys override the MEM/CIF rows' multipliers and
+    ``consistency_weight`` the semi-supervised rows' (settings chosen on validation folds: docs/results.md). An
+    optional ``batch_size`` replaces the plans' for every row alike (a CPU table's setting), ``disable_tta``
+    predicts the fold's validation cases without mirroring (as ``nnUNetv2_predict --disable_tta`` does the test
+    cases), and ``pseudo_labeled_folder`` points self-training's second stage at the preprocessed cases whose
+    labels the first stage predicted."""
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
@@ -61,12 +62,13 @@ class TableRun:
         self.num_epochs = int(setting["epochs"])
         self.num_iterations_per_epoch = int(setting["iterations_per_epoch"])
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
-        for key in ("mem_lr_multiplier", "cif_lr_multiplier"):
+        for key, attribute, lacks in (("mem_lr_multiplier", "mem_lr_multiplier", "MEM/CIF optimizer groups"),
+                                      ("cif_lr_multiplier", "cif_lr_multiplier", "MEM/CIF optimizer groups"),
+                                      ("consistency_weight", "consistency_weight_max", "consistency loss")):
             if key in setting:
-                if not hasattr(self, key):
-                    raise PluginUserError(f"{type(self).__name__} has no MEM/CIF optimizer groups: {key} does not "
-                                          f"apply to it")
-                setattr(self, key, float(setting[key]))
+                if not hasattr(self, attribute):
+                    raise PluginUserError(f"{type(self).__name__} has no {lacks}: {key} does not apply to it")
+                setattr(self, attribute, float(setting[key]))
         self.disable_tta = bool(setting.get("disable_tta", False))
         if "batch_size" in setting:  # nnU-Net reads it from the configuration in initialize()
             self.configuration_manager.configuration["batch_size"] = int(setting["batch_size"])

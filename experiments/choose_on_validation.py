@@ -1,0 +1,99 @@
+"""Choose the full method's consistency weight and MEM / CIF lr multipliers on nnU-Net's fold validation cases,
+never on test cases (phase "choices" of experiments/evidence_table.sh; docs/results.md).
+
+Every candidate is one ``nnunet-mem-cif table`` output folder under CHOICES_DIR, named after the candidate, that
+trained the full method (``--methods memcif``) with that candidate's options; its run.json records them. The
+trainers' own setting (folder ``default``) is kept unless another candidate is better on the validation cases with a
+95 % paired bootstrap interval above 0 (pairs: seed and validation case, as the table pairs test cases): with one
+seed and a few validation cases a smaller difference is noise, and the default then stands. Writes ``choices.md``
+(every candidate, its validation Dice and its paired difference to the default) and ``chosen.json`` (the chosen
+candidate and the table options that train it) into CHOICES_DIR; test Dice is not read.
+
+    python experiments/choose_on_validation.py CHOICES_DIR
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+from typing import Dict, List
+
+from nnunet_mem_cif.atomic import write_text_atomically
+from nnunet_mem_cif.results_table import Run, fold_folder, load_records, paired_difference
+
+DEFAULT = "default"
+
+
+def validation_case_dice(record: dict, run_dir: str) -> Dict[str, Dict[str, float]]:
+    """Per validation case the mean Dice over nnU-Net's evaluated regions, from its fold validation summary.json."""
+    fold = fold_folder(run_dir, record["dataset"], record["trainer"], record["fold"], record["configuration"])
+    with open(os.path.join(fold, "validation", "summary.json")) as f:
+        cases = json.load(f)["metric_per_case"]
+    return {os.path.basename(c["reference_file"]): {"mean": statistics.mean(m["Dice"] for m in c["metrics"].values())}
+            for c in cases}
+
+
+def table_options(record: dict) -> List[str]:
+    """The ``nnunet-mem-cif table`` options that train a run like ``record`` (none: the trainers' defaults)."""
+    options = []
+    if "consistency_weight" in record:
+        options += ["--consistency-weight", f"{record['consistency_weight']:g}"]
+    if "mem_lr_multiplier" in record:
+        options += ["--lr-multipliers", f"{record['mem_lr_multiplier']:g}:{record['cif_lr_multiplier']:g}"]
+    return options
+
+
+def candidates(choices_dir: str) -> Dict[str, List[dict]]:
+    """Candidate name -> its full-method runs, each with its per-case validation Dice under ``case_dice``."""
+    found = {}
+    for name in sorted(os.listdir(choices_dir)):
+        output = os.path.join(choices_dir, name)
+        if not os.path.isdir(os.path.join(output, "runs")):
+            continue
+        runs = [r for r in load_records(output) if r["method"] == "memcif"]
+        for r in runs:
+            r["case_dice"] = validation_case_dice(r, Run.of_record(r).folder(output))
+            r["method"] = name  # paired_difference pairs methods; here the candidates
+        if runs:
+            found[name] = runs
+    return found
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("choices_dir")
+    choices_dir = os.path.abspath(parser.parse_args().choices_dir)
+    found = candidates(choices_dir)
+    if DEFAULT not in found:
+        parser.error(f"{choices_dir}/{DEFAULT} holds no finished full-method run: train the trainers' default "
+                     f"setting first (experiments/evidence_table.sh, phase choices)")
+    fractions = sorted({r["labeled_fraction"] for r in found[DEFAULT]})
+    if len(fractions) != 1:
+        parser.error(f"the default's runs are at several labeled fractions ({fractions}); choose at one")
+    fraction = fractions[0]
+    records = [r for runs in found.values() for r in runs]
+    lines = [f"# Choices on nnU-Net's fold validation cases (full method, {fraction:.0%} labeled)", "",
+             "| candidate | table options | seeds | validation cases | validation Dice (mean over regions) | "
+             "paired difference to the default [95 % CI] |", "|---|---|---|---|---|---|"]
+    chosen, best = DEFAULT, 0.0
+    for name, runs in found.items():
+        dice = statistics.mean(statistics.mean(c["mean"] for c in r["case_dice"].values()) for r in runs)
+        cases = sum(len(r["case_dice"]) for r in runs)
+        difference = None if name == DEFAULT else paired_difference(records, name, DEFAULT, fraction)
+        shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"
+        lines.append(f"| {name} | {' '.join(table_options(runs[0])) or '(trainers defaults)'} | "
+                     f"{', '.join(str(r['seed']) for r in runs)} | {cases} | {dice:.3f} | {shown} |")
+        if difference is not None and difference[1] > 0 and difference[0] > best:
+            chosen, best = name, difference[0]
+    options = table_options(found[chosen][0])
+    lines += ["", f"Chosen: **{chosen}** ({' '.join(options) or 'the trainers defaults'}): the default stands "
+                  f"unless a candidate is better with a 95 % interval above 0. Test cases were not read."]
+    write_text_atomically(os.path.join(choices_dir, "choices.md"), lambda f: f.write("\n".join(lines) + "\n"))
+    write_text_atomically(os.path.join(choices_dir, "chosen.json"),
+                          lambda f: json.dump({"candidate": chosen, "table_options": options}, f, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""experiments/choose_on_validation.py: settings are chosen on nnU-Net's fold validation cases, the default stands
+unless a candidate is better with a paired interval above 0, and the test cases are never read."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from nnunet_mem_cif.results_table import fold_folder
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "choose_on_validation.py"
+DATASET, TRAINER = "Dataset992_X", "MemCifSemiTrainer_table"
+
+
+def write_candidate(choices: Path, name: str, validation_dice: list, test_dice: float, **setting) -> None:
+    """A finished full-method run as the table writes it: run.json, nnU-Net's validation summary, test metrics."""
+    run_dir = choices / name / "runs" / "memcif" / "fraction0.01_seed0"
+    record = {"method": "memcif", "labeled_fraction": 0.01, "seed": 0, "dataset": DATASET, "trainer": TRAINER,
+              "fold": 0, "configuration": "2d", **setting}
+    validation = Path(fold_folder(str(run_dir), DATASET, TRAINER, 0, "2d")) / "validation"
+    validation.mkdir(parents=True)
+    (run_dir / "run.json").write_text(json.dumps(record))
+    cases = [{"reference_file": f"/gt/case_{i}.nii.gz", "metrics": {"(1, 2, 3)": {"Dice": d}, "(2, 3)": {"Dice": d},
+                                                                    "3": {"Dice": d}}}
+             for i, d in enumerate(validation_dice)]
+    (validation / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    # a test score that would reverse the choice if it were read
+    metrics = {"cases": {f"t{i}": {r: {"dice": test_dice} for r in ("whole_tumor", "tumor_core", "enhancing_tumor")}
+                         for i in range(3)}}
+    (run_dir / "metrics.json").write_text(json.dumps(metrics))
+
+
+def choose(choices: Path) -> dict:
+    result = subprocess.run([sys.executable, str(SCRIPT), str(choices)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    return json.loads((choices / "chosen.json").read_text())
+
+
+def test_a_candidate_better_on_every_validation_case_is_chosen_whatever_its_test_dice(tmp_path):
+    base = [0.5, 0.6, 0.7, 0.55, 0.65, 0.6]
+    write_candidate(tmp_path, "default", base, test_dice=0.9)
+    write_candidate(tmp_path, "weight-0.3", [d + 0.05 for d in base], test_dice=0.1, consistency_weight=0.3)
+    write_candidate(tmp_path, "lr-1", [d + 0.02 for d in base], test_dice=0.95, mem_lr_multiplier=1.0,
+                    cif_lr_multiplier=1.0)
+    assert choose(tmp_path) == {"candidate": "weight-0.3", "table_options": ["--consistency-weight", "0.3"]}
+    report = (tmp_path / "choices.md").read_text()
+    assert "| lr-1 | --lr-multipliers 1:1 | 0 | 6 |" in report and "+0.050 [+0.050, +0.050]" in report
+
+
+def test_the_default_stands_when_no_candidate_is_better_beyond_noise(tmp_path):
+    base = [0.5, 0.6, 0.7, 0.55, 0.65, 0.6]
+    write_candidate(tmp_path, "default", base, test_dice=0.1)
+    # higher on average, but worse on some cases: the interval includes 0
+    write_candidate(tmp_path, "weight-3", [d + s for d, s in zip(base, (0.2, -0.1, 0.15, -0.12, 0.1, -0.05))],
+                    test_dice=0.9, consistency_weight=3.0)
+    assert choose(tmp_path) == {"candidate": "default", "table_options": []}
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "missing")], capture_output=True, text=True)
+    assert result.returncode != 0
