@@ -37,8 +37,9 @@ if [ "$PHASE" = all ]; then
     bash "$(realpath "$0")" "$WORKDIR" convergence
     if ! python -c "import sys; from nnunet_mem_cif.results_table import convergence_met, load_records
 sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" "$WORKDIR/table"; then
-        echo "the convergence check is not met on the validation cases: no semi-supervised row is trained with" \
-             "this schedule (see $WORKDIR/table/results.md); lengthen SCHEDULE and run again" >&2
+        echo "the convergence check is not met on the validation cases (see $WORKDIR/table/results.md): no" \
+             "semi-supervised row is trained. Change SCHEDULE or the data and run again, or run the phases choices" \
+             "and table yourself to report the rows with the check not met (docs/results.md says why it was here)" >&2
         exit 3
     fi
     bash "$(realpath "$0")" "$WORKDIR" choices
