@@ -56,17 +56,21 @@ def hd95(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]
     return float(np.percentile(np.concatenate((to_reference, to_prediction)), 95))
 
 
-def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    """Dice of two masks (nnU-Net's TP / FP / FN); 1.0 where both are empty, as BraTS scores an absent region that
-    is correctly not predicted."""
-    tp, fp, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))
+def _dice_of_counts(tp: float, fp: float, fn: float) -> float:
+    # 1.0 where both masks are empty, as BraTS scores an absent region that is correctly not predicted
     return 1.0 if tp + fp + fn == 0 else float(2.0 * tp / (2 * tp + fp + fn))
 
 
+def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """Dice of two masks from nnU-Net's TP / FP / FN, with the empty-region convention of ``region_metrics``."""
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))
+    return _dice_of_counts(tp, fp, fn)
+
+
 def region_metrics(prediction: np.ndarray, reference: np.ndarray, spacing: Sequence[float]) -> Dict[str, float]:
-    tp, _, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))
+    tp, fp, fn, _ = compute_tp_fp_fn_tn(reference.astype(bool), prediction.astype(bool))  # once per region
     sensitivity = float("nan") if tp + fn == 0 else tp / (tp + fn)
-    return {"dice": dice(prediction, reference), "sensitivity": float(sensitivity),
+    return {"dice": _dice_of_counts(tp, fp, fn), "sensitivity": float(sensitivity),
             "hd95": hd95(prediction, reference, spacing)}
 
 
