@@ -10,6 +10,12 @@ seed and a few validation cases a smaller difference is noise, and the default t
 candidate and the table options that train it) into CHOICES_DIR; test Dice is not read.
 
     python experiments/choose_on_validation.py CHOICES_DIR
+
+With ``--variants``, after the setting is chosen: the candidate changes to the method (docs/results.md: the
+enhancing-tumor diagnosis) trained with the chosen setting in CHOICES_DIR/variants (``--methods memcif-keep-t1ce
+memcif-mask-t1ce``, same fraction and seed) are compared with the chosen full-method run on the same validation
+cases; the one with the higher validation Dice joins the table, which reports it beside the full method over every
+seed. Writes ``variants.md`` and adds ``variant`` to ``chosen.json``.
 """
 import argparse
 import json
@@ -22,6 +28,7 @@ from nnunet_mem_cif.atomic import write_text_atomically
 from nnunet_mem_cif.results_table import Run, fold_folder, load_records, paired_difference
 
 DEFAULT = "default"
+VARIANTS = "variants"  # the folder of the candidate changes to the method, not a setting candidate
 
 
 def validation_case_dice(record: dict, run_dir: str) -> Dict[str, Dict[str, float]]:
@@ -43,26 +50,78 @@ def table_options(record: dict) -> List[str]:
     return options
 
 
+def runs_with_validation(output: str) -> List[dict]:
+    """The finished runs of one table output folder, each with its per-case validation Dice under ``case_dice``."""
+    runs = load_records(output)
+    for r in runs:
+        r["case_dice"] = validation_case_dice(r, Run.of_record(r).folder(output))
+    return runs
+
+
 def candidates(choices_dir: str) -> Dict[str, List[dict]]:
     """Candidate name -> its full-method runs, each with its per-case validation Dice under ``case_dice``."""
     found = {}
     for name in sorted(os.listdir(choices_dir)):
         output = os.path.join(choices_dir, name)
-        if not os.path.isdir(os.path.join(output, "runs")):
+        if name == VARIANTS or not os.path.isdir(os.path.join(output, "runs")):
             continue
-        runs = [r for r in load_records(output) if r["method"] == "memcif"]
+        runs = [r for r in runs_with_validation(output) if r["method"] == "memcif"]
         for r in runs:
-            r["case_dice"] = validation_case_dice(r, Run.of_record(r).folder(output))
             r["method"] = name  # paired_difference pairs methods; here the candidates
         if runs:
             found[name] = runs
     return found
 
 
+def mean_validation_dice(runs: List[dict]) -> float:
+    return statistics.mean(statistics.mean(c["mean"] for c in r["case_dice"].values()) for r in runs)
+
+
+def choose_variant(choices_dir: str) -> int:
+    chosen_file = os.path.join(choices_dir, "chosen.json")
+    if not os.path.isfile(chosen_file):
+        sys.exit(f"{chosen_file} not found: choose the setting first (this script without --variants)")
+    with open(chosen_file) as f:
+        chosen = json.load(f)
+    full = [dict(r, method="memcif") for r in candidates(choices_dir).get(chosen["candidate"], [])]
+    variants = runs_with_validation(os.path.join(choices_dir, VARIANTS)) \
+        if os.path.isdir(os.path.join(choices_dir, VARIANTS, "runs")) else []
+    if not full or not variants:
+        sys.exit(f"{choices_dir}: the chosen candidate's full-method run and at least one run in {VARIANTS}/ are "
+                 f"needed (experiments/evidence_table.sh, phase choices)")
+    fraction = full[0]["labeled_fraction"]
+    by_method = {}
+    for r in variants:
+        by_method.setdefault(r["method"], []).append(r)
+    lines = [f"# Candidate changes to the method, on nnU-Net's fold validation cases ({fraction:.0%} labeled, "
+             f"setting {chosen['candidate']})", "",
+             "| method | seeds | validation cases | validation Dice (mean over regions) | paired difference to the "
+             "full method [95 % CI] |", "|---|---|---|---|---|",
+             f"| memcif (full method) | {', '.join(str(r['seed']) for r in full)} | "
+             f"{sum(len(r['case_dice']) for r in full)} | {mean_validation_dice(full):.3f} | - |"]
+    for method, runs in sorted(by_method.items()):
+        difference = paired_difference(full + runs, method, "memcif", fraction)
+        shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"
+        lines.append(f"| {method} | {', '.join(str(r['seed']) for r in runs)} | "
+                     f"{sum(len(r['case_dice']) for r in runs)} | {mean_validation_dice(runs):.3f} | {shown} |")
+    variant = max(sorted(by_method), key=lambda m: mean_validation_dice(by_method[m]))
+    lines += ["", f"Chosen: **{variant}** (the higher validation Dice of the candidates): it joins the table beside "
+                  f"the full method, over every seed. Test cases were not read."]
+    write_text_atomically(os.path.join(choices_dir, "variants.md"), lambda f: f.write("\n".join(lines) + "\n"))
+    write_text_atomically(chosen_file, lambda f: json.dump({**chosen, "variant": variant}, f, indent=2))
+    print("\n".join(lines))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("choices_dir")
-    choices_dir = os.path.abspath(parser.parse_args().choices_dir)
+    parser.add_argument("--variants", action="store_true",
+                        help="choose among the candidate changes to the method in CHOICES_DIR/variants")
+    args = parser.parse_args()
+    choices_dir = os.path.abspath(args.choices_dir)
+    if args.variants:
+        return choose_variant(choices_dir)
     found = candidates(choices_dir)
     if DEFAULT not in found:
         parser.error(f"{choices_dir}/{DEFAULT} holds no finished full-method run: train the trainers' default "
@@ -77,7 +136,7 @@ def main() -> int:
              "paired difference to the default [95 % CI] |", "|---|---|---|---|---|---|"]
     chosen, best = DEFAULT, 0.0
     for name, runs in found.items():
-        dice = statistics.mean(statistics.mean(c["mean"] for c in r["case_dice"].values()) for r in runs)
+        dice = mean_validation_dice(runs)
         cases = sum(len(r["case_dice"]) for r in runs)
         difference = None if name == DEFAULT else paired_difference(records, name, DEFAULT, fraction)
         shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"

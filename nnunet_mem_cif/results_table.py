@@ -51,15 +51,19 @@ METHODS: Dict[str, Method] = {
     "no-cif": Method("no CIF", "MemCifSemiTrainer_noCIF_table", unlabeled=True, fusion=True),
     "memcif": Method("full method", "MemCifSemiTrainer_table", unlabeled=True, fusion=True),
     "nnunet-all": Method("nnU-Net, all labels (upper bound)", "nnUNetTrainer_table", all_labels=True),
-    # a candidate change to the method (docs/design.md §3), chosen on validation cases before it joins the table
+    # candidate changes to the method (docs/design.md §3, docs/results.md): the one chosen on validation cases joins
+    # the table
     "memcif-keep-t1ce": Method("full method, T1ce never dropped", "MemCifSemiTrainer_keepT1ce_table",
                                unlabeled=True, fusion=True, default=False),
+    "memcif-mask-t1ce": Method("full method, TC / ET consistency masked without T1ce",
+                               "MemCifSemiTrainer_maskT1ce_table", unlabeled=True, fusion=True, default=False),
 }
 DEFAULT_METHODS = [name for name, method in METHODS.items() if method.default]
 # the paired differences the report gives, (A, B) for A - B
 COMPARISONS = (("memcif", "nnunet"), ("memcif", "mean-teacher"), ("memcif", "self-training"),
                ("memcif", "no-mem"), ("memcif", "no-cif"), ("memcif", "memcif-supervised"),
-               ("mean-teacher", "nnunet"), ("self-training", "nnunet"), ("memcif-keep-t1ce", "memcif"))
+               ("mean-teacher", "nnunet"), ("self-training", "nnunet"), ("memcif-keep-t1ce", "memcif"),
+               ("memcif-mask-t1ce", "memcif"))
 TABLE_OUTPUTS = ("runs", "results.md", "results.csv", "results.png")
 REGIONS = (*REGIONS_NNUNET, "mean")  # the evaluated regions (nnunet_mem_cif/brats.py) and their mean
 REGION_SHORT = {"whole_tumor": "WT", "tumor_core": "TC", "enhancing_tumor": "ET", "mean": "mean"}
@@ -431,13 +435,14 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
     env[TABLE_RUN_VARIABLE] = json.dumps(setting)
     fold_dir = fold_folder(run_dir, table.dataset_name, method.trainer, table.fold, table.configuration)
     resume = any(os.path.isfile(os.path.join(fold_dir, f"checkpoint_{k}.pth")) for k in ("latest", "final"))
+    seconds_before = seconds_before_resume(fold_dir) if resume else 0.0
 
     start = time.time()
     run_step(f"{title}: nnUNetv2_train{' (resumed)' if resume else ''}",
              [console_script("nnUNetv2_train"), str(table.dataset_id), table.configuration, str(table.fold), "-tr",
               method.trainer, "-device", table.device] + (["--c"] if resume else []), env,
              os.path.join(run_dir, "train.log"), progress_pattern=r"Epoch time:", total=table.epochs)
-    train_seconds = time.time() - start
+    train_seconds = time.time() - start + seconds_before
 
     predictions = os.path.join(run_dir, "predictions")
     predict_seconds = table.predict(f"{title}: nnUNetv2_predict", method.trainer,
@@ -457,11 +462,25 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
               "validation_cases": len(validation["metric_per_case"]),
               # self-training: both trainings and the pseudo-labelling between them
               "train_seconds": round(train_seconds + sum(stages.values()), 1),
+              **({"resumed_after_seconds": round(seconds_before, 1)} if resume else {}),
               **({"stage_seconds": {**stages, "second_training": round(train_seconds, 1)}} if stages else {}),
               "predict_seconds": round(predict_seconds, 1), "device": device_description(table.device),
               "versions": versions(), "command": table.command}
     write_atomically(record_file, lambda partial: save_json(record, partial, sort_keys=False))
     return record
+
+
+def seconds_before_resume(fold_dir: str) -> float:
+    """The training time before an interruption: the epochs logged in the checkpoint ``nnUNetv2_train --c`` resumes
+    from (nnU-Net's order: final, then latest), each epoch's end minus its start. A resumed run's train_seconds adds
+    them to its own; the epochs after that checkpoint were lost and are trained (and counted) again."""
+    from nnunet_mem_cif.checkpoints import read_checkpoint
+
+    path = next(p for p in (os.path.join(fold_dir, f"checkpoint_{k}.pth") for k in ("final", "latest"))
+                if os.path.isfile(p))
+    logging = read_checkpoint(path, "cpu")["logging"]
+    return float(sum(end - begin for begin, end in zip(logging["epoch_start_timestamps"],
+                                                       logging["epoch_end_timestamps"])))
 
 
 def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[str, float]]:

@@ -11,10 +11,12 @@ SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "choose_on_valida
 DATASET, TRAINER = "Dataset992_X", "MemCifSemiTrainer_table"
 
 
-def write_candidate(choices: Path, name: str, validation_dice: list, test_dice: float, **setting) -> None:
-    """A finished full-method run as the table writes it: run.json, nnU-Net's validation summary, test metrics."""
-    run_dir = choices / name / "runs" / "memcif" / "fraction0.01_seed0"
-    record = {"method": "memcif", "labeled_fraction": 0.01, "seed": 0, "dataset": DATASET, "trainer": TRAINER,
+def write_candidate(choices: Path, name: str, validation_dice: list, test_dice: float, method: str = "memcif",
+                    **setting) -> None:
+    """A finished run (by default of the full method) as the table writes it: run.json, nnU-Net's validation
+    summary, test metrics."""
+    run_dir = choices / name / "runs" / method / "fraction0.01_seed0"
+    record = {"method": method, "labeled_fraction": 0.01, "seed": 0, "dataset": DATASET, "trainer": TRAINER,
               "fold": 0, "configuration": "2d", **setting}
     validation = Path(fold_folder(str(run_dir), DATASET, TRAINER, 0, "2d")) / "validation"
     validation.mkdir(parents=True)
@@ -55,3 +57,24 @@ def test_the_default_stands_when_no_candidate_is_better_beyond_noise(tmp_path):
     assert choose(tmp_path) == {"candidate": "default", "table_options": []}
     result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "missing")], capture_output=True, text=True)
     assert result.returncode != 0
+
+
+def test_the_change_to_the_method_with_the_higher_validation_dice_joins_the_table(tmp_path):
+    base = [0.5, 0.6, 0.7, 0.55, 0.65, 0.6]
+    write_candidate(tmp_path, "default", base, test_dice=0.5)
+    write_candidate(tmp_path, "weight-0.3", [d + 0.05 for d in base], test_dice=0.5, consistency_weight=0.3)
+    variants = [sys.executable, str(SCRIPT), str(tmp_path), "--variants"]
+    assert subprocess.run(variants, capture_output=True, text=True).returncode != 0  # no setting chosen yet
+    choose(tmp_path)
+    write_candidate(tmp_path, "variants", [d + 0.06 for d in base], test_dice=0.1, method="memcif-keep-t1ce",
+                    consistency_weight=0.3)
+    write_candidate(tmp_path, "variants", [d + 0.04 for d in base], test_dice=0.99, method="memcif-mask-t1ce",
+                    consistency_weight=0.3)
+    result = subprocess.run(variants, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "chosen.json").read_text()) == {
+        "candidate": "weight-0.3", "table_options": ["--consistency-weight", "0.3"], "variant": "memcif-keep-t1ce"}
+    report = (tmp_path / "variants.md").read_text()
+    # paired against the chosen setting's full-method run, not the default's
+    assert "| memcif-mask-t1ce | 0 | 6 | 0.640 | -0.010 [-0.010, -0.010] |" in report
+    assert choose(tmp_path)["candidate"] == "weight-0.3"  # the variants' folder is no setting candidate

@@ -10,7 +10,7 @@ import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
     check_same_setting, convergence_met, load_records, markdown_report, paired_difference, parse_lr_multipliers, \
-    table_runs, write_report
+    seconds_before_resume, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -237,3 +237,17 @@ def test_a_running_nnunet_step_writes_its_log_line_by_line(tmp_path):
               "else: sys.exit(4)")
     run_step("[1/1] nnUNetv2_train", [sys.executable, "-c", script, str(log), str(seen)], dict(os.environ), str(log))
     assert seen.exists()
+
+
+def test_a_resumed_run_counts_the_epochs_trained_before_its_interruption(tmp_path):
+    import torch
+
+    def checkpoint(name: str, starts: list, ends: list) -> None:
+        torch.save({"logging": {"epoch_start_timestamps": starts, "epoch_end_timestamps": ends}},
+                   str(tmp_path / f"checkpoint_{name}.pth"))
+
+    checkpoint("best", [0.0], [50.0])  # never resumed from while a latest or final checkpoint exists
+    checkpoint("latest", [100.0, 170.0, 250.0], [160.0, 240.0, 300.0])
+    assert seconds_before_resume(str(tmp_path)) == pytest.approx(60 + 70 + 50)
+    checkpoint("final", [100.0, 170.0, 250.0, 300.0], [160.0, 240.0, 300.0, 340.0])  # nnU-Net resumes from it first
+    assert seconds_before_resume(str(tmp_path)) == pytest.approx(60 + 70 + 50 + 40)

@@ -169,3 +169,16 @@ def test_a_never_dropped_modality_is_kept_in_every_strong_view():
     views = [perturbation(image=image.clone())["image"] for _ in range(50)]
     assert all(view[1].abs().sum() > 0 for view in views)  # T1ce (channel 1) always there
     assert sum(bool(view[c].abs().sum() == 0) for view in views for c in (0, 2, 3)) > 50  # the others dropped often
+
+
+def test_consistency_with_a_mask_per_output_channel_averages_over_the_asked_values_only():
+    loss = MaskedProbabilityMSE(use_sigmoid=True)
+    teacher = torch.zeros(2, 3, 4, 4)  # sigmoid 0.5 everywhere
+    student = torch.zeros(2, 3, 4, 4)
+    student[1, 2] = 100.0  # sample 1, channel 2: squared difference 0.25 at every voxel
+    per_channel = torch.ones(2, 3, 4, 4, dtype=torch.bool)
+    assert loss(student, teacher, per_channel).item() == pytest.approx(0.25 / 6)  # 1 of 6 (sample, channel) maps
+    per_channel[1, 2] = False  # that channel is not asked of that sample
+    assert loss(student, teacher, per_channel).item() == 0
+    shared = torch.ones(2, 1, 4, 4, dtype=torch.bool)  # one mask for every channel: the same mean as all-ones
+    assert loss(student, teacher, shared).item() == pytest.approx(0.25 / 6)

@@ -118,6 +118,7 @@ def test_table_run_setting_reaches_the_trainer(trainer_env, monkeypatch):
     trainer = make_trainer("nnUNetTrainer_table")
     assert (trainer.num_epochs, trainer.num_iterations_per_epoch, trainer.num_val_iterations_per_epoch) == (3, 10, 2)
     assert trainer.configuration_manager.batch_size == 3 and trainer.disable_tta
+    assert trainer.save_every == 1  # an interrupted table run loses at most one epoch
     with pytest.raises(PluginUserError, match="needs pseudo_labeled_folder"):
         make_trainer("nnUNetTrainer_selftraining_table")
     monkeypatch.setenv(TABLE_RUN_VARIABLE, json.dumps({**setting, "pseudo_labeled_folder": "/x"}))
@@ -161,11 +162,16 @@ def test_demo_method_and_its_nnunet_baseline_share_one_schedule(trainer_env):
 
 @pytest.mark.parametrize("name, network_class, perturbation", [
     ("MemCifSemiTrainer_debug", "MemCifUNet", "CrossModalPerturbation"),
+    ("MemCifSemiTrainer_maskT1ce", "MemCifUNet", "CrossModalPerturbation"),
     ("MeanTeacherTrainer", "PlainConvUNet", "GaussianInputNoise")])
 def test_one_semi_supervised_training_step(trainer_env, name, network_class, perturbation):
-    """One real step in-process: both loss terms, the teacher moves towards the student, the step is counted."""
+    """One real step in-process: both loss terms (the consistency inside the trainer's masks), the teacher moves
+    towards the student, the step is counted."""
     trainer = make_trainer(name)
     trainer.on_train_start()
+    asked = []
+    narrow = trainer.consistency_masks
+    trainer.consistency_masks = lambda strong, masks: asked.append(narrow(strong, masks)) or asked[-1]
     try:
         assert type(trainer.network).__name__ == network_class
         assert type(trainer.get_strong_perturbation()).__name__ == perturbation
@@ -174,6 +180,7 @@ def test_one_semi_supervised_training_step(trainer_env, name, network_class, per
         result = trainer.train_step(next(trainer.dataloader_train))
         assert result["sup_loss"] > 0 and result["cons_loss"] >= 0 and 0 < result["cons_weight"] <= 1
         assert trainer.ssl_step == 1 and trainer.unlabeled_batches_seen == 1
+        assert len(asked) == 1 and len(asked[0]) == len(trainer.loss.supervised.weight_factors)  # every DS scale
         moved = [not torch.equal(a, b) for a, b in zip(teacher_before, trainer.teacher.module.parameters())]
         assert any(moved)
     finally:
@@ -212,3 +219,30 @@ def test_mem_and_cif_train_in_their_own_groups_and_resume_with_them(trainer_env,
 def test_keep_t1ce_variant_finds_t1ce_by_its_channel_name(trainer_env):
     trainer = make_trainer("MemCifSemiTrainer_keepT1ce")
     assert trainer.get_strong_perturbation().never_dropped == (1,)  # channel_names: 0 T1, 1 T1ce, 2 T2, 3 FLAIR
+
+
+def test_mask_t1ce_variant_asks_no_tumor_core_or_enhancing_tumor_of_a_student_without_t1ce(trainer_env):
+    from nnunet_mem_cif.errors import PluginUserError
+    from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation
+    trainer = make_trainer("MemCifSemiTrainer_maskT1ce")
+    trainer.initialize()
+    assert trainer.masked_channel == 1  # channel_names: 0 T1, 1 T1ce, 2 T2, 3 FLAIR
+    assert trainer.masked_outputs.tolist() == [False, True, True]  # labels: whole, core, enhancing tumor
+    weak = torch.randn(3, 4, 8, 8, 8)
+    drop_t1ce = CrossModalPerturbation(drop_probability=0.0)
+    strong = torch.stack([drop_t1ce(image=w.clone())["image"] for w in weak])
+    strong[1, 1] = 0  # sample 1's view lacks T1ce, as CrossModalPerturbation drops it
+    brain = torch.ones(3, 1, 8, 8, 8, dtype=torch.bool)
+    brain[:, :, 0] = False
+    for masks in (brain, [brain, brain[:, :, ::2, ::2, ::2]]):  # one scale, or deep supervision's scales
+        narrowed = trainer.consistency_masks(strong, masks)
+        for mask, source in zip(narrowed if isinstance(narrowed, list) else [narrowed],
+                                masks if isinstance(masks, list) else [masks]):
+            assert mask.shape[:2] == (3, 3)
+            assert torch.equal(mask[1, 0], source[1, 0]) and not mask[1, 1:].any()  # WT still asked without T1ce
+            assert torch.equal(mask[[0, 2]], source[[0, 2]].expand(2, 3, *source.shape[2:]))  # T1ce kept: all asked
+    assert make_trainer("MemCifSemiTrainer").consistency_masks(strong, brain) is brain  # the full method's
+    unknown = make_trainer("MemCifSemiTrainer_maskT1ce")
+    unknown.masked_region_names = ("tumor_core", "necrosis")
+    with pytest.raises(PluginUserError, match="necrosis"):
+        unknown.initialize()  # before any training step

@@ -144,6 +144,11 @@ class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
         """The student's view of an unlabeled patch; MeanTeacher-style baselines override this."""
         return CrossModalPerturbation()
 
+    def consistency_masks(self, strong: torch.Tensor, masks):
+        """Where the student is asked to match the teacher: the brain (one mask per deep-supervision scale, shared
+        by every output channel). A variant may narrow it per sample and output channel from the strong view."""
+        return masks
+
     def get_dataloaders(self):
         if self.is_cascaded:
             raise NotImplementedError("semi-supervised training of cascade stages is not supported: unlabeled "
@@ -197,6 +202,7 @@ class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
         masks = unlabeled["target"]
         masks = [brain_mask(m).to(self.device, non_blocking=True) for m in masks] if isinstance(masks, list) \
             else brain_mask(masks).to(self.device, non_blocking=True)
+        masks = self.consistency_masks(strong, masks)
         with torch.no_grad(), self._autocast():
             teacher_output = self.teacher(weak)
         del weak

@@ -12,8 +12,8 @@ import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnunet_mem_cif.errors import PluginUserError
-from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_keepT1ce, MemCifSemiTrainer_noCIF, \
-    MemCifSemiTrainer_noMEM
+from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_keepT1ce, MemCifSemiTrainer_maskT1ce, \
+    MemCifSemiTrainer_noCIF, MemCifSemiTrainer_noMEM
 from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
@@ -62,6 +62,7 @@ class TableRun:
         self.num_epochs = int(setting["epochs"])
         self.num_iterations_per_epoch = int(setting["iterations_per_epoch"])
         self.num_val_iterations_per_epoch = max(1, self.num_iterations_per_epoch // 5)
+        self.save_every = 1  # a table outlives a session: an interrupted run resumes at its last epoch (--c)
         for key, attribute, lacks in (("mem_lr_multiplier", "mem_lr_multiplier", "MEM/CIF optimizer groups"),
                                       ("cif_lr_multiplier", "cif_lr_multiplier", "MEM/CIF optimizer groups"),
                                       ("consistency_weight", "consistency_weight_max", "consistency loss")):
@@ -132,6 +133,10 @@ class MemCifSemiTrainer_noCIF_table(TableRun, MemCifSemiTrainer_noCIF):
 
 class MemCifSemiTrainer_keepT1ce_table(TableRun, MemCifSemiTrainer_keepT1ce):
     """The full method whose strong view never drops T1ce."""
+
+
+class MemCifSemiTrainer_maskT1ce_table(TableRun, MemCifSemiTrainer_maskT1ce):
+    """The full method whose student is not asked for tumor core and enhancing tumor where its view lacks T1ce."""
 
 
 class MemCifSemiTrainer_table(TableRun, MemCifSemiTrainer):

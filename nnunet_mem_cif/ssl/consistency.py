@@ -22,7 +22,8 @@ class MaskedProbabilityMSE(nn.Module):
     Probabilities are sigmoids for region-based training (nnU-Net's BraTS setup: overlapping regions) and softmax
     over the class axis otherwise, i.e. whatever nnU-Net's own inference turns the logits into. The teacher is a
     target: no gradient flows into it. The mean is over masked voxels and output channels, so the value does not
-    depend on how much of a patch lies outside the brain.
+    depend on how much of a patch lies outside the brain. The mask has one channel (shared by every output) or one
+    per output channel (a trainer that asks no consistency of some regions in some samples).
     """
 
     def __init__(self, use_sigmoid: bool):
@@ -42,7 +43,7 @@ class MaskedProbabilityMSE(nn.Module):
         if mask.ndim == student_logits.ndim - 1:
             mask = mask[:, None]
         squared = (self.probabilities(student_logits) - self.probabilities(teacher_logits.detach())) ** 2
-        num_values = mask.sum() * student_logits.shape[1]
+        num_values = mask.sum() * (student_logits.shape[1] // mask.shape[1])
         return (squared * mask).sum() / num_values.clamp_min(1.0)
 
 
