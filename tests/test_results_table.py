@@ -5,12 +5,13 @@ import json
 import os
 import re
 import sys
+from pathlib import Path
 
 import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
-    check_same_setting, convergence_met, load_records, markdown_report, paired_difference, parse_lr_multipliers, \
-    seconds_before_resume, table_runs, write_report
+    check_same_setting, convergence_met, fold_folder, load_records, markdown_report, paired_difference, \
+    parse_lr_multipliers, seconds_before_resume, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -211,6 +212,38 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
         in other.stderr
     assert os.path.isfile(os.path.join(output, "results.png"))
     assert DATASET_NAME in table
+
+
+@pytest.mark.e2e
+def test_an_interrupted_table_run_resumes_at_its_last_epoch(workspace, tmp_path):
+    """The background table is killed whenever its session ends: rerunning the command resumes the run from the
+    checkpoint of its last finished epoch (not from scratch) and counts the time trained before."""
+    import signal
+    import subprocess
+    import time
+
+    from nnunet_mem_cif.discovery import console_script
+    output = tmp_path / "table"
+    args = [console_script("nnunet-mem-cif"), "table", "--dataset-id", str(DATASET_ID), "--output-dir", str(output),
+            "--methods", "nnunet", "--fractions", "0.5", "--epochs", "6", "--iterations", "2", "--seeds", "4",
+            "--device", "cpu"]
+    run_dir = output / "runs" / "nnunet" / "fraction0.5_seed4"
+    latest = Path(fold_folder(str(run_dir), DATASET_NAME, METHODS["nnunet"].trainer, 0)) / "checkpoint_latest.pth"
+    first = subprocess.Popen(args, env=workspace.env, cwd=workspace.root, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not latest.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert latest.exists(), "no per-epoch checkpoint was written"
+    first.send_signal(signal.SIGTERM)  # as a session's end or a scheduler's limit stops it
+    assert first.wait(timeout=120) != 0 and not (run_dir / "run.json").exists()
+    rerun = workspace.run(*args, timeout=1200)
+    assert "nnUNetv2_train (resumed)" in rerun.stdout + rerun.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    log = (run_dir / "train.log").read_text()
+    assert not re.search(r": Epoch 0$", log, re.MULTILINE)  # continued, not started again
+    assert 0 < log.count("Epoch time:") < 6
+    assert 0 < record["resumed_after_seconds"] < record["train_seconds"]
 
 
 def test_a_failed_nnunet_step_is_one_line_naming_its_last_output_and_log(tmp_path):
