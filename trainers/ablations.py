@@ -72,9 +72,7 @@ class MemCifSemiTrainer_maskT1ce(MemCifSemiTrainer):
         dropped = (strong[:, self.masked_channel] == 0).flatten(1).all(dim=1)
         unasked = dropped[:, None] & self.masked_outputs.to(strong.device)[None]  # (sample, output channel)
 
-        def narrowed(mask: torch.Tensor) -> torch.Tensor:
-            if mask.ndim == strong.ndim - 1:
-                mask = mask[:, None]
+        def narrowed(mask: torch.Tensor) -> torch.Tensor:  # (sample, 1, ...) -> (sample, output channel, ...)
             mask = mask.expand(mask.shape[0], unasked.shape[1], *mask.shape[2:]).clone()
             mask[unasked] = False
             return mask
