@@ -67,8 +67,10 @@ sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" 
 fi
 if [ "$PHASE" = choices ]; then
     # name -> table options; "default" is the trainers' own setting (consistency weight 1, MEM:CIF 30:150)
+    # weight-10 was added after weight 3 came out best of the first grid on validation (docs/results.md): a best
+    # value at a grid's edge says nothing about the values beyond it
     CANDIDATES=("default=" "weight-0.3=--consistency-weight 0.3" "weight-3=--consistency-weight 3"
-                "lr-1=--lr-multipliers 1:1")
+                "lr-1=--lr-multipliers 1:1" "weight-10=--consistency-weight 10")
     for candidate in "${CANDIDATES[@]}"; do
         # shellcheck disable=SC2086  # the options are words
         nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$CHOICES/${candidate%%=*}" --methods memcif \
