@@ -17,7 +17,7 @@ class CheckpointError(PluginUserError, RuntimeError):
     """A checkpoint that cannot be resumed from; the message names the file and what to do."""
 
 
-def read_checkpoint(path, map_location) -> dict:
+def read_checkpoint(path, map_location, mmap: bool = True) -> dict:
     """``torch.load(weights_only=True)`` with nnU-Net's numpy scalars allow-listed, before nnU-Net unpickles it.
 
     nnU-Net's own load_checkpoint uses ``weights_only=False``; reading the file safely first means a tampered file
@@ -29,7 +29,7 @@ def read_checkpoint(path, map_location) -> dict:
         raise CheckpointError(f"{path} does not exist")
     try:
         with torch.serialization.safe_globals(CHECKPOINT_SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True, mmap=True)
+            return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:
         raise CheckpointError(f"{path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
                               f"It is truncated, corrupt or holds objects a checkpoint should not hold. Delete it to "

@@ -64,8 +64,11 @@ class StepFailed(PluginUserError, RuntimeError):
 
 
 def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
-             progress_pattern: Optional[str] = None, total: Optional[int] = None) -> None:
+             progress_pattern: Optional[str] = None, total: Optional[int] = None, done: int = 0) -> None:
     """Run one command, its output to ``log_file``, with a progress bar (advanced on ``progress_pattern`` lines).
+
+    ``done`` > 0 continues an interrupted step (a resumed training): the bar starts there, and the output is
+    appended to the log after the earlier attempt's, which is kept.
 
     The command runs in a process group of its own, which an interrupt of this process (Ctrl-C, or SIGTERM turned
     into one by the command line) ends whole: nnU-Net's data-augmentation workers included, which would otherwise
@@ -73,9 +76,9 @@ def run_step(title: str, command: List[str], env: Dict[str, str], log_file: str,
     """
     pattern = re.compile(progress_pattern) if progress_pattern else None
     # line-buffered: the log is readable while a long step (a training) is still running
-    with open(log_file, "w", buffering=1) as log, tqdm(total=total, desc=title, unit="epoch" if total else "line",
-                                          leave=True) as bar:
-        log.write("$ " + " ".join(command) + "\n")
+    with open(log_file, "a" if done else "w", buffering=1) as log, \
+            tqdm(total=total, initial=done, desc=title, unit="epoch" if total else "line", leave=True) as bar:
+        log.write(("\n" if done else "") + "$ " + " ".join(command) + "\n")
         last_line = ""
         process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                    bufsize=1, start_new_session=True)

@@ -435,13 +435,14 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
     env[TABLE_RUN_VARIABLE] = json.dumps(setting)
     fold_dir = fold_folder(run_dir, table.dataset_name, method.trainer, table.fold, table.configuration)
     resume = any(os.path.isfile(os.path.join(fold_dir, f"checkpoint_{k}.pth")) for k in ("latest", "final"))
-    seconds_before = seconds_before_resume(fold_dir) if resume else 0.0
+    epochs_before, seconds_before = trained_before_resume(fold_dir) if resume else (0, 0.0)
 
     start = time.time()
     run_step(f"{title}: nnUNetv2_train{' (resumed)' if resume else ''}",
              [console_script("nnUNetv2_train"), str(table.dataset_id), table.configuration, str(table.fold), "-tr",
               method.trainer, "-device", table.device] + (["--c"] if resume else []), env,
-             os.path.join(run_dir, "train.log"), progress_pattern=r"Epoch time:", total=table.epochs)
+             os.path.join(run_dir, "train.log"), progress_pattern=r"Epoch time:", total=table.epochs,
+             done=epochs_before)
     train_seconds = time.time() - start + seconds_before
 
     predictions = os.path.join(run_dir, "predictions")
@@ -470,17 +471,18 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
     return record
 
 
-def seconds_before_resume(fold_dir: str) -> float:
-    """The training time before an interruption: the epochs logged in the checkpoint ``nnUNetv2_train --c`` resumes
-    from (nnU-Net's order: final, then latest), each epoch's end minus its start. A resumed run's train_seconds adds
-    them to its own; the epochs after that checkpoint were lost and are trained (and counted) again."""
+def trained_before_resume(fold_dir: str) -> Tuple[int, float]:
+    """The epochs and training seconds before an interruption: the epochs logged in the checkpoint
+    ``nnUNetv2_train --c`` resumes from (nnU-Net's order: final, then latest), each epoch's end minus its start. A
+    resumed run's train_seconds adds them to its own; the epochs after that checkpoint were lost and are trained
+    (and counted) again."""
     from nnunet_mem_cif.checkpoints import read_checkpoint
 
     path = next(p for p in (os.path.join(fold_dir, f"checkpoint_{k}.pth") for k in ("final", "latest"))
                 if os.path.isfile(p))
     logging = read_checkpoint(path, "cpu")["logging"]
-    return float(sum(end - begin for begin, end in zip(logging["epoch_start_timestamps"],
-                                                       logging["epoch_end_timestamps"])))
+    ends = logging["epoch_end_timestamps"]
+    return len(ends), float(sum(end - begin for begin, end in zip(logging["epoch_start_timestamps"], ends)))
 
 
 def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[str, float]]:

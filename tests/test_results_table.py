@@ -11,7 +11,7 @@ import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
     check_same_setting, convergence_met, fold_folder, load_records, markdown_report, paired_difference, \
-    parse_lr_multipliers, seconds_before_resume, table_runs, write_report
+    parse_lr_multipliers, trained_before_resume, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -240,9 +240,10 @@ def test_an_interrupted_table_run_resumes_at_its_last_epoch(workspace, tmp_path)
     rerun = workspace.run(*args, timeout=1200)
     assert "nnUNetv2_train (resumed)" in rerun.stdout + rerun.stderr
     record = json.loads((run_dir / "run.json").read_text())
-    log = (run_dir / "train.log").read_text()
-    assert not re.search(r": Epoch 0$", log, re.MULTILINE)  # continued, not started again
-    assert 0 < log.count("Epoch time:") < 6
+    before, resumed = (run_dir / "train.log").read_text().split("\n$ ")  # the earlier attempt's log is kept
+    assert re.search(r": Epoch 0$", before, re.MULTILINE) and "--c" in resumed.splitlines()[0]
+    assert not re.search(r": Epoch 0$", resumed, re.MULTILINE)  # continued, not started again
+    assert 0 < resumed.count("Epoch time:") < 6
     assert 0 < record["resumed_after_seconds"] < record["train_seconds"]
 
 
@@ -281,6 +282,6 @@ def test_a_resumed_run_counts_the_epochs_trained_before_its_interruption(tmp_pat
 
     checkpoint("best", [0.0], [50.0])  # never resumed from while a latest or final checkpoint exists
     checkpoint("latest", [100.0, 170.0, 250.0], [160.0, 240.0, 300.0])
-    assert seconds_before_resume(str(tmp_path)) == pytest.approx(60 + 70 + 50)
+    assert trained_before_resume(str(tmp_path)) == (3, pytest.approx(60 + 70 + 50))
     checkpoint("final", [100.0, 170.0, 250.0, 300.0], [160.0, 240.0, 300.0, 340.0])  # nnU-Net resumes from it first
-    assert seconds_before_resume(str(tmp_path)) == pytest.approx(60 + 70 + 50 + 40)
+    assert trained_before_resume(str(tmp_path)) == (4, pytest.approx(60 + 70 + 50 + 40))

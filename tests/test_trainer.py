@@ -10,7 +10,7 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunet_mem_cif.architectures import MemCifUNet
 from nnunet_mem_cif.atomic import partial_path
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataError
-from nnunet_mem_cif.checkpoints import CheckpointError
+from nnunet_mem_cif.checkpoints import CheckpointError, read_checkpoint
 from .nnunet_workspace import make_trainer
 
 
@@ -49,6 +49,44 @@ def test_checkpoint_round_trip_restores_student_teacher_and_step(trainer_env, tm
     checkpoint = torch.load(path, weights_only=False)
     assert checkpoint["mem_cif_ssl"]["inference_weights"] == "student"
     assert checkpoint["trainer_name"] == "MemCifSemiTrainer_debug"
+
+
+@pytest.mark.parametrize("name", ["MemCifSemiTrainer_debug", "MemCifTrainer", "MemCifSemiTrainer_table"])
+def test_checkpoints_are_swapped_in_whole_by_one_rename(trainer_env, monkeypatch, tmp_path, name):
+    """A training killed while it writes checkpoint_latest (nnU-Net writes it every epoch) must leave the previous
+    one resumable: nothing is ever written onto the final path, one rename replaces it."""
+    from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
+    monkeypatch.setenv(TABLE_RUN_VARIABLE, json.dumps({"labeled_fraction": 0.5, "epochs": 2,
+                                                       "iterations_per_epoch": 3, "seed": 1}))
+    trainer = make_trainer(name)
+    trainer.initialize()
+    path = str(tmp_path / "checkpoint_latest.pth")
+    trainer.save_checkpoint(path)
+    with open(path, "rb") as f:
+        before = f.read()
+    written, renamed = [], []
+    real_save, real_replace = torch.save, os.replace
+
+    def killed_mid_write(checkpoint, target, *args, **kwargs):
+        written.append(target)
+        with open(target, "wb") as f:
+            f.write(before[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint(path)
+    with open(path, "rb") as f:
+        assert written and path not in written and f.read() == before
+    assert not os.path.exists(partial_path(path))
+
+    written.clear()
+    monkeypatch.setattr(torch, "save", lambda checkpoint, target, *args, **kwargs: (
+        written.append(target), real_save(checkpoint, target, *args, **kwargs)))
+    monkeypatch.setattr(os, "replace", lambda source, target: (renamed.append(target), real_replace(source, target)))
+    trainer.save_checkpoint(path)
+    assert written and path not in written and renamed == [path]
+    assert ("mem_cif_ssl" in read_checkpoint(path, "cpu")) == name.startswith("MemCifSemi")
 
 
 def test_resuming_from_a_checkpoint_without_ssl_state_fails_loudly(trainer_env, tmp_path):

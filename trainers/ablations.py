@@ -31,15 +31,17 @@ def channel_index(trainer, channel_name: str) -> int:
 
 def output_indices(trainer, label_names: Tuple[str, ...]) -> List[int]:
     """The network's output channels of the dataset.json labels (regions) ``label_names``."""
-    regions = [tuple(r) if isinstance(r, (list, tuple)) else r for r in trainer.label_manager.foreground_regions]
+    def as_key(region):  # dataset.json holds regions as lists, nnU-Net's label manager as tuples
+        return tuple(region) if isinstance(region, (list, tuple)) else region
+
+    regions = [as_key(r) for r in trainer.label_manager.foreground_regions]
     labels = trainer.dataset_json["labels"]
     missing = [name for name in label_names if name not in labels]
     if missing or not trainer.label_manager.has_regions:
         raise PluginUserError(f"{type(trainer).__name__} masks the regions {', '.join(label_names)} of region-based "
                               f"training (nnunet-mem-cif convert-brats2019 writes them); dataset.json has labels "
                               f"{', '.join(labels)}")
-    return [regions.index(tuple(labels[name]) if isinstance(labels[name], (list, tuple)) else labels[name])
-            for name in label_names]
+    return [regions.index(as_key(labels[name])) for name in label_names]
 
 
 class MemCifSemiTrainer_keepT1ce(MemCifSemiTrainer):

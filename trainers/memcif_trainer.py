@@ -8,11 +8,12 @@ from torch import nn
 
 from nnunet_mem_cif.architectures.cif import ComplementaryInformationFusion
 from nnunet_mem_cif.architectures.mem import ModalitySpecificEnhancement
+from nnunet_mem_cif.trainers.atomic_checkpoints import AtomicCheckpointsMixin
 from nnunet_mem_cif.trainers.fusion_optimizer import CIF_LR_MULTIPLIER, MEM_LR_MULTIPLIER, fusion_optimizer, \
     fusion_parameter_groups
 
 
-class MemCifTrainer(nnUNetTrainer):
+class MemCifTrainer(AtomicCheckpointsMixin, nnUNetTrainer):
     """nnU-Net's trainer, unchanged except that the network is MemCifUNet built from the plans' PlainConvUNet
     arguments.
 

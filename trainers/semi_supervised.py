@@ -4,7 +4,7 @@ What it adds to nnUNetTrainer (everything else, including the supervised loss, i
 - an unlabeled data loader (nnU-Net's loader and spatial augmentation, weak + strong view of each patch),
 - an EMA teacher that predicts on the weak view,
 - ``L = L_sup + lambda(t) * L_cons`` with a masked, deep-supervised consistency term and sigmoid ramp-up,
-- checkpoints that carry the teacher and the SSL step, logs and progress.png with both loss terms.
+- checkpoints that carry the teacher and the SSL step (written atomically), logs and progress.png with both loss terms.
 """
 from typing import List, Optional
 
@@ -30,7 +30,6 @@ from torch import distributed as dist
 from torch._dynamo import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.ssl.consistency import MaskedProbabilityMSE, SemiSupervisedLoss, sigmoid_rampup
 from nnunet_mem_cif.ssl.ema import EMATeacher, ema_decay_at
 from nnunet_mem_cif.ssl.perturbation import CrossModalPerturbation, WeakStrongViews
@@ -38,13 +37,14 @@ from nnunet_mem_cif.ssl.progress import SemiSupervisedLocalLogger
 from nnunet_mem_cif.ssl.unlabeled_data import UnlabeledDataLoader, UnlabeledDataError, brain_mask, \
     check_hidden_label_pool, check_unlabeled_sources, load_unlabeled_dataset
 from nnunet_mem_cif.checkpoints import CheckpointError, read_checkpoint
+from nnunet_mem_cif.trainers.atomic_checkpoints import AtomicCheckpointsMixin
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 
 # the parts of nnU-Net's training augmentation that both views share (geometry, and zeroing outside the brain)
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
                           MaskImageTransform)
 SSL_CHECKPOINT_KEY = "mem_cif_ssl"
-class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
+class SemiSupervisedTrainer(AtomicCheckpointsMixin, HiddenLabelsMixin, nnUNetTrainer):
     """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (docs/design.md §3).
 
     Unlabeled data come from ``get_unlabeled_dataset``: the cases preprocessed by ``nnunet-mem-cif
@@ -251,18 +251,8 @@ class SemiSupervisedTrainer(HiddenLabelsMixin, nnUNetTrainer):
                 "unlabeled_batches_seen": self.unlabeled_batches_seen, "ema_decay": self.ema_decay,
                 "inference_weights": "student"}
 
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint plus the SSL state, swapped in atomically.
-
-        nnU-Net's save_checkpoint has no hook for extra entries, so its file is read back (memory-mapped) and
-        rewritten with ``mem_cif_ssl`` added, rather than copying its code.
-        """
-        super().save_checkpoint(filename)
-        if self.local_rank != 0 or self.disable_checkpointing:
-            return
-        checkpoint = read_checkpoint(filename, "cpu")
-        checkpoint[SSL_CHECKPOINT_KEY] = self.ssl_state()
-        write_atomically(filename, lambda partial: torch.save(checkpoint, partial))
+    def checkpoint_entries(self) -> dict:
+        return {SSL_CHECKPOINT_KEY: self.ssl_state()}
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         state = read_checkpoint(filename_or_checkpoint, self.device).get(SSL_CHECKPOINT_KEY)

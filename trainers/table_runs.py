@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
-from nnunet_mem_cif.atomic import write_atomically
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.ablations import MemCifSemiTrainer_keepT1ce, MemCifSemiTrainer_maskT1ce, \
     MemCifSemiTrainer_noCIF, MemCifSemiTrainer_noMEM
+from nnunet_mem_cif.trainers.atomic_checkpoints import AtomicCheckpointsMixin
 from nnunet_mem_cif.trainers.baselines import MeanTeacherTrainer
 from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
@@ -41,7 +41,7 @@ def table_run_setting() -> dict:
     return setting
 
 
-class TableRun:
+class TableRun(AtomicCheckpointsMixin):
     """Mixin, first base: labeled fraction, schedule and seed of one table run. The seed picks the labeled
     cases (the same for every method at that fraction) and seeds torch and numpy before the network is built.
     Validation iterations per epoch scale with the schedule as nnU-Net's defaults do (50 per 250). Optional
@@ -82,13 +82,6 @@ class TableRun:
         elif isinstance(self, PseudoLabelsMixin):
             raise PluginUserError(f"{type(self).__name__} needs pseudo_labeled_folder in {TABLE_RUN_VARIABLE}: "
                                   f"'nnunet-mem-cif table --methods self-training' makes it")
-
-    def save_checkpoint(self, filename: str) -> None:
-        """nnU-Net's checkpoint, swapped in atomically: a table is stopped at any moment (a session's end), and a
-        checkpoint_latest cut off mid-write would stop the resume that the per-epoch checkpoints are for."""
-        if self.local_rank != 0 or self.disable_checkpointing:  # nnU-Net writes nothing then
-            return super().save_checkpoint(filename)
-        write_atomically(filename, lambda partial: super(TableRun, self).save_checkpoint(partial))
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         """nnU-Net's final validation; without mirroring where the table predicts without it (``disable_tta``), so

@@ -2,6 +2,7 @@
 import torch
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
+from nnunet_mem_cif.trainers.atomic_checkpoints import AtomicCheckpointsMixin
 from nnunet_mem_cif.trainers.memcif_semi_trainer import MemCifSemiTrainer
 
 
@@ -35,5 +36,5 @@ class MemCifSemiTrainer_demo(DemoSchedule, MemCifSemiTrainer):
     """MemCifSemiTrainer on the demo's schedule."""
 
 
-class SupervisedBaselineTrainer_demo(DemoSchedule, nnUNetTrainer):
+class SupervisedBaselineTrainer_demo(DemoSchedule, AtomicCheckpointsMixin, nnUNetTrainer):
     """nnU-Net's own trainer and PlainConvUNet, labeled cases only, on the demo's schedule (side-by-side runs)."""
