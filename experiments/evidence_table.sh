@@ -65,6 +65,11 @@ sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" 
     bash "$(realpath "$0")" "$WORKDIR" choices
     exec bash "$(realpath "$0")" "$WORKDIR" table
 fi
+# one field of the choices' result, chosen.json (a list printed as words)
+chosen() {
+    python -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]
+print(' '.join(v) if isinstance(v, list) else v)" "$CHOICES/chosen.json" "$1"
+}
 if [ "$PHASE" = choices ]; then
     # name -> table options; "default" is the trainers' own setting (consistency weight 1, MEM:CIF 30:150)
     # weight-10 was added after weight 3 came out best of the first grid on validation (docs/results.md): a best
@@ -77,7 +82,7 @@ if [ "$PHASE" = choices ]; then
             --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
     done
     python "$(dirname "$(realpath "$0")")/choose_on_validation.py" "$CHOICES"
-    read -ra OPTIONS <<< "$(python -c "import json, sys; print(' '.join(json.load(open(sys.argv[1]))['table_options']))" "$CHOICES/chosen.json")"
+    read -ra OPTIONS <<< "$(chosen table_options)"
     VARIANTS=(memcif-keep-t1ce memcif-mask-t1ce)
     nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$CHOICES/variants" --methods "${VARIANTS[@]}" \
         --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu "${OPTIONS[@]}"
@@ -91,14 +96,12 @@ case "$PHASE" in
                echo "$CHOICES/chosen.json has no chosen setting and change to the method: run the choices phase" \
                     "first" >&2; exit 2
            fi
-           # one read of chosen.json: the candidate's folder, its variant, then the table options
-           mapfile -t CHOSEN < <(python -c "import json, sys; c = json.load(open(sys.argv[1]))
-print(c['candidate']); print(c['variant']); print(' '.join(c['table_options']))" "$CHOICES/chosen.json")
-           read -ra OPTIONS <<< "${CHOSEN[2]}"
-           METHODS=(nnunet self-training mean-teacher memcif-supervised no-mem no-cif memcif "${CHOSEN[1]}" nnunet-all)
+           CANDIDATE=$(chosen candidate) VARIANT=$(chosen variant)
+           read -ra OPTIONS <<< "$(chosen table_options)"
+           METHODS=(nnunet self-training mean-teacher memcif-supervised no-mem no-cif memcif "$VARIANT" nnunet-all)
            FRACTIONS=(0.01 0.05)
            # the chosen runs at 1 %, seed 0 are the table's (same data, setting and seed): not trained twice
-           for chosen_run in "$CHOICES/${CHOSEN[0]}/runs/memcif" "$CHOICES/variants/runs/${CHOSEN[1]}"; do
+           for chosen_run in "$CHOICES/$CANDIDATE/runs/memcif" "$CHOICES/variants/runs/$VARIANT"; do
                [ "$PHASE" = table ] || break  # other data: every run is trained
                target_runs="$TABLE/runs/$(basename "$chosen_run")"
                if [ ! -e "$target_runs/fraction0.01_seed0" ]; then
