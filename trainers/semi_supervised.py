@@ -4,7 +4,8 @@ What it adds to nnUNetTrainer (everything else, including the supervised loss, i
 - an unlabeled data loader (nnU-Net's loader and spatial augmentation, weak + strong view of each patch),
 - an EMA teacher that predicts on the weak view,
 - ``L = L_sup + lambda(t) * L_cons`` with a masked, deep-supervised consistency term and sigmoid ramp-up,
-- checkpoints that carry the teacher and the SSL step (written atomically), logs and progress.png with both loss terms.
+- checkpoints that carry the teacher and the SSL step (written atomically), logs and progress.png with both
+  loss terms.
 """
 from typing import List, Optional
 
@@ -44,6 +45,8 @@ from nnunet_mem_cif.trainers.hidden_labels import HiddenLabelsMixin
 SHARED_VIEW_TRANSFORMS = (SpatialTransform, Convert3DTo2DTransform, Convert2DTo3DTransform, MirrorTransform,
                           MaskImageTransform)
 SSL_CHECKPOINT_KEY = "mem_cif_ssl"
+
+
 class SemiSupervisedTrainer(AtomicCheckpointsMixin, HiddenLabelsMixin, nnUNetTrainer):
     """nnU-Net trainer + mean teacher with cross-modal consistency on unlabeled cases (docs/design.md §3).
 
