@@ -538,10 +538,11 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
         for case, files in zip(hidden, image_files):
             preprocessor.run_case_save(os.path.join(partial, case), files,
                                        os.path.join(labels, case + file_ending), plans, configuration, dataset_json)
-    stages.update(pseudo_label_prediction=round(predict_seconds, 1),
-                  pseudo_label_preprocessing=round(time.time() - start, 1))
-    write_text_atomically(os.path.join(run_dir, "pseudo_label_seconds.json"),
-                          lambda f: json.dump({k: v for k, v in stages.items() if k != "first_training"}, f))
+        stages.update(pseudo_label_prediction=round(predict_seconds, 1),
+                      pseudo_label_preprocessing=round(time.time() - start, 1))
+        # written before the folder appears: a resumed run that finds the folder finds these times too
+        write_text_atomically(os.path.join(run_dir, "pseudo_label_seconds.json"),
+                              lambda f: json.dump({k: v for k, v in stages.items() if k != "first_training"}, f))
     return target, stages
 
 
