@@ -79,6 +79,30 @@ def test_paired_difference_pairs_seeds_and_cases_and_bootstraps_an_interval():
     assert "## Paired differences" in report and "| 1% | full method - supervised nnU-Net | 4 | +0.175 [" in report
 
 
+def test_target_is_judged_from_paired_intervals_and_stays_open_without_runs():
+    cases = {"t1": 0.0, "t2": 0.0, "t3": 0.0}
+
+    def run(method: str, seed: int, dice: float, spread: float = 0.0) -> dict:
+        return with_cases(fake_record(method, 0.01, seed, dice),
+                          {c: dice + spread * (i - 1) for i, c in enumerate(cases)})
+
+    records = [run("memcif", s, 0.80) for s in (0, 1, 2)] + [run("nnunet", s, 0.70) for s in (0, 1, 2)]
+    records += [run("mean-teacher", s, 0.79) for s in (0, 1, 2)]  # behind by 0.01 on every case: ahead, shown
+    records += [run("no-mem", s, 0.80, spread=0.05) for s in (0, 1, 2)]  # the same on average: not shown
+    report = markdown_report(records)
+    assert "## Target: the full method ahead at 1%" in report
+    assert "| 1% | >= +0.030 supervised nnU-Net | +0.100 [+0.100, +0.100] | 3 | yes |" in report
+    assert "| 1% | ahead of Mean Teacher | +0.010 [+0.010, +0.010] | 3 | yes |" in report
+    assert re.search(r"\| 1% \| ahead of no MEM \| \+0\.000 \[-0\.0\d\d, \+0\.0\d\d\] \| 3 \| no \|", report)
+    assert "| 1% | ahead of no CIF | not run yet | 0 | open |" in report
+    assert "**Not met** so far (2 criteria open)." in report
+    shown = [r for r in records if r["method"] != "no-mem"]
+    assert "**Open**: 3 of 5 criteria have no runs yet." in markdown_report(shown)
+    one_seed = [r for r in records if r["seed"] == 0 and r["method"] in ("memcif", "nnunet")]
+    assert "| 3 | yes |" not in markdown_report(one_seed) and "| 1 | yes (provisional) |" in markdown_report(one_seed)
+    assert "## Target" not in markdown_report([r for r in records if r["method"] == "nnunet"])
+
+
 def test_convergence_check_needs_every_step_in_labels_above_twice_the_seed_spread():
     def table(values):
         return [fake_record("nnunet-all" if f == 1 else "nnunet", f, s, d) for f, ds in values.items()
