@@ -684,7 +684,7 @@ def target_report(records: List[dict]) -> List[str]:
                                                     for r in records)]
     if not fractions:
         return []
-    rows, verdicts = [], []
+    rows, verdicts, provisional = [], [], False
     for fraction in fractions:
         for other, margin in TARGET:
             seeds = ({r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == "memcif"}
@@ -698,6 +698,7 @@ def target_report(records: List[dict]) -> List[str]:
             mean, low, high, _ = difference
             met = mean >= margin and low > 0
             verdicts.append(met)
+            provisional |= len(seeds) < 3
             rows.append(f"| {fraction:.0%} | {criterion} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {len(seeds)} | "
                         f"{'yes' if met else 'no'}{'' if len(seeds) >= 3 else ' (provisional)'} |")
     decided = [v for v in verdicts if v is not None]
@@ -707,6 +708,8 @@ def target_report(records: List[dict]) -> List[str]:
         verdict = f"**Open**: {verdicts.count(None)} of {len(verdicts)} criteria have no runs yet"
     else:
         verdict = "**Met**"
+    if provisional and (None not in verdicts or not all(decided)):
+        verdict += ", provisional (fewer than 3 seeds)"
     return ["", "## Target: the full method ahead at " + " and ".join(f"{f:.0%}" for f in fractions), "",
             "Full method - B over (seed, test case) pairs, mean Dice over WT / TC / ET; met where the mean reaches "
             "the margin and the 95 % interval lies above 0.", "",

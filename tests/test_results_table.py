@@ -101,6 +101,10 @@ def test_target_is_judged_from_paired_intervals_and_stays_open_without_runs():
     assert "**Open**: 3 of 5 criteria have no runs yet." in markdown_report(shown)
     one_seed = [r for r in records if r["seed"] == 0 and r["method"] in ("memcif", "nnunet")]
     assert "| 3 | yes |" not in markdown_report(one_seed) and "| 1 | yes (provisional) |" in markdown_report(one_seed)
+    everything = [run(m, 0, d) for m, d in (("memcif", 0.8), ("nnunet", 0.7), ("mean-teacher", 0.7),
+                                            ("self-training", 0.7), ("no-mem", 0.7), ("no-cif", 0.7))]
+    assert "**Met**, provisional (fewer than 3 seeds)." in markdown_report(everything)
+    assert "**Met**." in markdown_report([{**r, "seed": s} for r in everything for s in (0, 1, 2)])
     assert "## Target" not in markdown_report([r for r in records if r["method"] == "nnunet"])
 
 
