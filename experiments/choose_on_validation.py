@@ -25,7 +25,7 @@ import sys
 from typing import Dict, List
 
 from nnunet_mem_cif.atomic import write_text_atomically
-from nnunet_mem_cif.results_table import Run, fold_folder, load_records, paired_difference
+from nnunet_mem_cif.results_table import Run, fold_folder, load_records, method_options, paired_difference
 
 DEFAULT = "default"
 VARIANTS = "variants"  # the folder of the candidate changes to the method, not a setting candidate
@@ -38,16 +38,6 @@ def validation_case_dice(record: dict, run_dir: str) -> Dict[str, Dict[str, floa
         cases = json.load(f)["metric_per_case"]
     return {os.path.basename(c["reference_file"]): {"mean": statistics.mean(m["Dice"] for m in c["metrics"].values())}
             for c in cases}
-
-
-def table_options(record: dict) -> List[str]:
-    """The ``nnunet-mem-cif table`` options that train a run like ``record`` (none: the trainers' defaults)."""
-    options = []
-    if "consistency_weight" in record:
-        options += ["--consistency-weight", f"{record['consistency_weight']:g}"]
-    if "mem_lr_multiplier" in record:
-        options += ["--lr-multipliers", f"{record['mem_lr_multiplier']:g}:{record['cif_lr_multiplier']:g}"]
-    return options
 
 
 def runs_with_validation(output: str) -> List[dict]:
@@ -140,11 +130,11 @@ def main() -> int:
         cases = sum(len(r["case_dice"]) for r in runs)
         difference = None if name == DEFAULT else paired_difference(records, name, DEFAULT, fraction)
         shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"
-        lines.append(f"| {name} | {' '.join(table_options(runs[0])) or '(trainers defaults)'} | "
+        lines.append(f"| {name} | {' '.join(method_options(runs[0])) or '(trainers defaults)'} | "
                      f"{', '.join(str(r['seed']) for r in runs)} | {cases} | {dice:.3f} | {shown} |")
         if difference is not None and difference[1] > 0 and difference[0] > best:
             chosen, best = name, difference[0]
-    options = table_options(found[chosen][0])
+    options = method_options(found[chosen][0])
     lines += ["", f"Chosen: **{chosen}** ({' '.join(options) or 'the trainers defaults'}): the default stands "
                   f"unless a candidate is better with a 95 % interval above 0. Test cases were not read."]
     write_text_atomically(os.path.join(choices_dir, "choices.md"), lambda f: f.write("\n".join(lines) + "\n"))

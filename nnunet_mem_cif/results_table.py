@@ -398,6 +398,18 @@ def run_setting(run: Run, table: TableSetting) -> dict:
     return setting
 
 
+def method_options(setting: dict) -> List[str]:
+    """The ``nnunet-mem-cif table`` options that give a run ``setting`` (its run.json) again: ``run_setting``'s
+    method keys back to the command line, defined beside it so that the two change together. A setting chosen on
+    validation cases (experiments/choose_on_validation.py) is trained with these options. None: the defaults."""
+    options = []
+    if "consistency_weight" in setting:
+        options += ["--consistency-weight", f"{setting['consistency_weight']:g}"]
+    if "mem_lr_multiplier" in setting:
+        options += ["--lr-multipliers", f"{setting['mem_lr_multiplier']:g}:{setting['cif_lr_multiplier']:g}"]
+    return options
+
+
 def check_same_setting(run_dir: str, setting: dict) -> None:
     """A finished run (run.json) is reused, and an interrupted one (setting.json) resumed, only where this command
     would train it alike: a table must not mix settings. Checked for every run before the first one trains."""

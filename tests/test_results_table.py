@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
-    check_same_setting, convergence_met, fold_folder, load_records, markdown_report, paired_difference, \
-    parse_lr_multipliers, trained_before_resume, table_runs, write_report
+    TableSetting, check_same_setting, convergence_met, fold_folder, load_records, markdown_report, method_options, \
+    paired_difference, parse_lr_multipliers, run_setting, trained_before_resume, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -78,6 +78,17 @@ def test_paired_difference_pairs_seeds_and_cases_and_bootstraps_an_interval():
     assert pairs == 2 and low < 0 < high  # only seed 0 has both; -0.1 and +0.4 straddle 0
     report = markdown_report(records)
     assert "## Paired differences" in report and "| 1% | full method - supervised nnU-Net | 4 | +0.175 [" in report
+
+
+@pytest.mark.parametrize("options", [[], ["--consistency-weight", "0.3"], ["--lr-multipliers", "1:1"],
+                                     ["--consistency-weight", "10", "--lr-multipliers", "30:150"]])
+def test_method_options_give_a_runs_setting_back(options):
+    """A setting chosen on validation is written as table options (chosen.json) and trained from them again."""
+    from nnunet_mem_cif.cli import build_parser
+    args = build_parser().parse_args(["table", "--dataset-id", "1", "--output-dir", "out", *options])
+    table = TableSetting(1, "Dataset001_X", "raw", "pre", "out", "2d", 0, 5, 7, None, False, args.consistency_weight,
+                         args.lr_multipliers, "cpu", None)
+    assert method_options(run_setting(Run("memcif", 0.01, 0), table)) == options
 
 
 def test_target_is_judged_from_paired_intervals_and_stays_open_without_runs():
