@@ -32,6 +32,7 @@ case "$PHASE" in
     *) echo "PHASE must be all, convergence, choices, table or unseen, got $PHASE" >&2; exit 2 ;;
 esac
 TARGET="$(dirname "$(realpath "$0")")/evidence_table"
+COMMITTED="$TARGET"  # the choices' result lives here in every phase
 CHOICES="$WORKDIR/choices"
 # the data: the cases every choice is made on, or (phase unseen) new ones with their own table
 if [ "$PHASE" = unseen ]; then
@@ -53,6 +54,20 @@ if [ ! -f "$nnUNet_preprocessed/Dataset${DATASET_ID}_$DATASET/nnUNetPlans.json" 
         --test-fraction 0.2308 --seed 0 --overwrite
     nnUNetv2_plan_and_preprocess -d "$DATASET_ID" -c 2d -np 1 -npfp 1
 fi
+# A fresh WORKDIR (another machine, or a session's machine after a reset) starts from the finished runs committed
+# under experiments/evidence_table/: a finished run's run.json and metrics.json are all the table reads of it (the
+# self-training row trains its own first model where the supervised row's model is not in WORKDIR). Nothing
+# there is overwritten.
+restore() {  # FROM TO: every run.json / metrics.json / chosen.json under FROM that TO lacks
+    [ -d "$1" ] || return 0
+    mkdir -p "$2"
+    (cd "$1" && find . -name run.json -o -name metrics.json -o -name chosen.json | while read -r file; do
+            [ -e "$2/$file" ] || { mkdir -p "$2/$(dirname "$file")" && cp "$file" "$2/$file"; }
+        done)
+}
+restore "$COMMITTED/choices" "$CHOICES"
+[ -e "$CHOICES/chosen.json" ] || [ ! -e "$COMMITTED/chosen.json" ] || cp "$COMMITTED/chosen.json" "$CHOICES/"
+restore "$TARGET/runs" "$TABLE/runs"
 if [ "$PHASE" = all ]; then
     bash "$(realpath "$0")" "$WORKDIR" convergence
     if ! python -c "import sys; from nnunet_mem_cif.results_table import convergence_met, load_records

@@ -429,10 +429,7 @@ def check_same_setting(run_dir: str, setting: dict) -> None:
 def run_one(run: Run, step: str, table: TableSetting) -> dict:
     from batchgenerators.utilities.file_and_folder_operations import load_json, save_json
 
-    from nnunet_mem_cif.discovery import console_script
     from nnunet_mem_cif.evaluation import evaluate_folders, write_results
-    from nnunet_mem_cif.nnunet_commands import run_step
-    from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
 
     run_dir = run.folder(table.output_dir)
     record_file = os.path.join(run_dir, "run.json")
@@ -444,22 +441,11 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
         return load_json(record_file)
     os.makedirs(run_dir, exist_ok=True)
     write_atomically(os.path.join(run_dir, SETTING_FILE), lambda partial: save_json(setting, partial))
-    stages = {}
+    stages, first_training_here = {}, False
     if method.pseudo_labels:
-        setting["pseudo_labeled_folder"], stages = pseudo_label(run, title, table)
-    env = table.environment(run_dir)
-    env[TABLE_RUN_VARIABLE] = json.dumps(setting)
+        setting["pseudo_labeled_folder"], stages, first_training_here = pseudo_label(run, title, table)
     fold_dir = fold_folder(run_dir, table.dataset_name, method.trainer, table.fold, table.configuration)
-    resume = any(os.path.isfile(os.path.join(fold_dir, f"checkpoint_{k}.pth")) for k in ("latest", "final"))
-    epochs_before, seconds_before = trained_before_resume(fold_dir) if resume else (0, 0.0)
-
-    start = time.time()
-    run_step(f"{title}: nnUNetv2_train{' (resumed)' if resume else ''}",
-             [console_script("nnUNetv2_train"), str(table.dataset_id), table.configuration, str(table.fold), "-tr",
-              method.trainer, "-device", table.device] + (["--c"] if resume else []), env,
-             os.path.join(run_dir, "train.log"), progress_pattern=r"Epoch time:", total=table.epochs,
-             done=epochs_before)
-    train_seconds = time.time() - start + seconds_before
+    train_seconds, seconds_before = train(f"{title}: nnUNetv2_train", method.trainer, setting, run_dir, table)
 
     predictions = os.path.join(run_dir, "predictions")
     predict_seconds = table.predict(f"{title}: nnUNetv2_predict", method.trainer,
@@ -479,12 +465,35 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
               "validation_cases": len(validation["metric_per_case"]),
               # self-training: both trainings and the pseudo-labelling between them
               "train_seconds": round(train_seconds + sum(stages.values()), 1),
-              **({"resumed_after_seconds": round(seconds_before, 1)} if resume else {}),
+              **({"resumed_after_seconds": round(seconds_before, 1)} if seconds_before else {}),
               **({"stage_seconds": {**stages, "second_training": round(train_seconds, 1)}} if stages else {}),
+              **({"first_model": "trained in this run: the supervised row's model was not on this machine"}
+                 if first_training_here else {}),
               "predict_seconds": round(predict_seconds, 1), "device": device_description(table.device),
               "versions": versions(), "command": table.command}
     write_atomically(record_file, lambda partial: save_json(record, partial, sort_keys=False))
     return record
+
+
+def train(title: str, trainer: str, setting: dict, run_dir: str, table: TableSetting) -> Tuple[float, float]:
+    """``nnUNetv2_train`` of one run's model in ``run_dir`` (resumed with ``--c`` from its last checkpoint, if any).
+    Returns its training seconds, the ones before a resume included, and those before the resume alone."""
+    from nnunet_mem_cif.discovery import console_script
+    from nnunet_mem_cif.nnunet_commands import run_step
+    from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
+
+    env = table.environment(run_dir)
+    env[TABLE_RUN_VARIABLE] = json.dumps(setting)
+    fold_dir = fold_folder(run_dir, table.dataset_name, trainer, table.fold, table.configuration)
+    resume = any(os.path.isfile(os.path.join(fold_dir, f"checkpoint_{k}.pth")) for k in ("latest", "final"))
+    epochs_before, seconds_before = trained_before_resume(fold_dir) if resume else (0, 0.0)
+    start = time.time()
+    run_step(f"{title}{' (resumed)' if resume else ''}",
+             [console_script("nnUNetv2_train"), str(table.dataset_id), table.configuration, str(table.fold), "-tr",
+              trainer, "-device", table.device] + (["--c"] if resume else []), env,
+             os.path.join(run_dir, "train.log"), progress_pattern=r"Epoch time:", total=table.epochs,
+             done=epochs_before)
+    return time.time() - start + seconds_before, seconds_before
 
 
 def trained_before_resume(fold_dir: str) -> Tuple[int, float]:
@@ -501,19 +510,42 @@ def trained_before_resume(fold_dir: str) -> Tuple[int, float]:
     return len(ends), float(sum(end - begin for begin, end in zip(logging["epoch_start_timestamps"], ends)))
 
 
-def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[str, float]]:
-    """Self-training's first stages: the supervised run's model predicts the hidden-label cases (``nnUNetv2_predict``
-    on their raw images), and those predictions are preprocessed with the plans' preprocessor as if they were the
-    cases' labels. Returns the preprocessed folder (the other cases linked from nnU-Net's) and each stage's time."""
+def supervised_model(run: Run, title: str, table: TableSetting) -> Tuple[str, float, bool]:
+    """The run folder holding self-training's first model: the supervised row's run (same labeled cases, seed and
+    schedule), or, where that run's model is not on this machine (its run.json and metrics.json were restored from
+    a commit, experiments/evidence_table.sh), the same training in the self-training run's ``first_training``
+    folder. Returns the folder, that training's seconds, and whether it was trained here."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    supervised = Run("nnunet", run.fraction, run.seed)
+    supervised_dir = supervised.folder(table.output_dir)
+    trainer = METHODS["nnunet"].trainer
+    model = os.path.join(fold_folder(supervised_dir, table.dataset_name, trainer, table.fold, table.configuration),
+                         "checkpoint_final.pth")
+    if os.path.isfile(model):
+        return supervised_dir, load_json(os.path.join(supervised_dir, "run.json"))["train_seconds"], False
+    first_dir = os.path.join(run.folder(table.output_dir), "first_training")
+    seconds_file = os.path.join(first_dir, "train_seconds.json")
+    if not os.path.isfile(seconds_file):
+        seconds, _ = train(f"{title}: nnUNetv2_train, the first model ({supervised_dir} has none)", trainer,
+                           run_setting(supervised, table), first_dir, table)
+        write_text_atomically(seconds_file, lambda f: json.dump(round(seconds, 1), f))
+    with open(seconds_file) as f:
+        return first_dir, json.load(f), True
+
+
+def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[str, float], bool]:
+    """Self-training's first stages: the supervised model (``supervised_model``) predicts the hidden-label cases
+    (``nnUNetv2_predict`` on their raw images), and those predictions are preprocessed with the plans' preprocessor
+    as if they were the cases' labels. Returns the preprocessed folder (the other cases linked from nnU-Net's), each
+    stage's time, and whether the first model was trained in this run."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
     from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
     from nnunet_mem_cif.atomic import atomic_folder
     from nnunet_mem_cif.leakage import TRAINING_FOLDER, case_files
 
-    supervised = Run("nnunet", run.fraction, run.seed)
-    supervised_dir = supervised.folder(table.output_dir)
-    supervised_record = load_json(os.path.join(supervised_dir, "run.json"))
+    supervised_dir, first_seconds, trained_here = supervised_model(run, title, table)
     subset = load_json(os.path.join(fold_folder(supervised_dir, table.dataset_name, METHODS["nnunet"].trainer,
                                                 table.fold, table.configuration), "labeled_subset.json"))
     hidden = subset["unlabeled"]
@@ -523,10 +555,10 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
     plans = PlansManager(os.path.join(table.preprocessed_dataset, "nnUNetPlans.json"))
     configuration = plans.get_configuration(table.configuration)
     target = os.path.join(run_dir, "pseudo_labeled", configuration.data_identifier)
-    stages = {"first_training": supervised_record["train_seconds"]}
+    stages = {"first_training": first_seconds}
     os.makedirs(os.path.dirname(target), exist_ok=True)
     if os.path.isdir(target):
-        return target, {**stages, **load_json(os.path.join(run_dir, "pseudo_label_seconds.json"))}
+        return target, {**stages, **load_json(os.path.join(run_dir, "pseudo_label_seconds.json"))}, trained_here
 
     images = os.path.join(run_dir, "pseudo_label_input")  # links to the hidden-label cases' images only
     shutil.rmtree(images, ignore_errors=True)
@@ -559,7 +591,7 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
         # written before the folder appears: a resumed run that finds the folder finds these times too
         write_text_atomically(os.path.join(run_dir, "pseudo_label_seconds.json"),
                               lambda f: json.dump({k: v for k, v in stages.items() if k != "first_training"}, f))
-    return target, stages
+    return target, stages, trained_here
 
 
 # ---------------------------------------------------------------------------------------------- the table

@@ -245,6 +245,20 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
     assert "| 100% | nnU-Net, all labels (upper bound) | 4 |" in table and "## Paired differences" in table
     again = workspace.run(*args)
     assert again.stdout.count("done before, skipped") == len(DEFAULT_METHODS)
+    # on another machine the supervised run is its committed run.json and metrics.json only (evidence_table.sh
+    # restores them): self-training trains its own first model, and says so
+    restored = tmp_path / "restored"
+    supervised = Path("runs") / "nnunet" / "fraction0.5_seed3"
+    (restored / supervised).mkdir(parents=True)
+    for name in ("run.json", "metrics.json"):
+        (restored / supervised / name).write_bytes((output / supervised / name).read_bytes())
+    workspace.run(*args[:5], str(restored), *args[6:], "--methods", "self-training", timeout=1200)
+    elsewhere = json.loads((restored / "runs" / "self-training" / "fraction0.5_seed3" / "run.json").read_text())
+    first = restored / "runs" / "self-training" / "fraction0.5_seed3" / "first_training"
+    assert "not on this machine" in elsewhere["first_model"] and "first_model" not in hidden
+    assert elsewhere["stage_seconds"]["first_training"] == json.loads((first / "train_seconds.json").read_text())
+    assert elsewhere["labeled_cases"] == hidden["labeled_cases"] and "-tr nnUNetTrainer_table" in \
+        (first / "train.log").read_text()
     # a finished run is not reused for another setting: the first run it applies to stops the command
     other = workspace.run(*args[:-4], "--consistency-weight", "2", check=False)
     assert other.returncode == 2 and "Traceback" not in other.stderr
