@@ -482,6 +482,7 @@ def train(title: str, trainer: str, setting: dict, run_dir: str, table: TableSet
     from nnunet_mem_cif.nnunet_commands import run_step
     from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE
 
+    os.makedirs(run_dir, exist_ok=True)
     env = table.environment(run_dir)
     env[TABLE_RUN_VARIABLE] = json.dumps(setting)
     fold_dir = fold_folder(run_dir, table.dataset_name, trainer, table.fold, table.configuration)
