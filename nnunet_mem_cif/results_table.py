@@ -528,7 +528,7 @@ def supervised_model(run: Run, title: str, table: TableSetting) -> Tuple[str, fl
     first_dir = os.path.join(run.folder(table.output_dir), "first_training")
     seconds_file = os.path.join(first_dir, "train_seconds.json")
     if not os.path.isfile(seconds_file):
-        seconds, _ = train(f"{title}: nnUNetv2_train, the first model ({supervised_dir} has none)", trainer,
+        seconds, _ = train(f"{title}: nnUNetv2_train, the first model (the supervised run's is not here)", trainer,
                            run_setting(supervised, table), first_dir, table)
         write_text_atomically(seconds_file, lambda f: json.dump(round(seconds, 1), f))
     with open(seconds_file) as f:

@@ -252,7 +252,8 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
     (restored / supervised).mkdir(parents=True)
     for name in ("run.json", "metrics.json"):
         (restored / supervised / name).write_bytes((output / supervised / name).read_bytes())
-    workspace.run(*args[:5], str(restored), *args[6:], "--methods", "self-training", timeout=1200)
+    workspace.run(*args[:5], str(restored), *args[6:], "--methods", "nnunet", "self-training",
+                  timeout=1200)
     elsewhere = json.loads((restored / "runs" / "self-training" / "fraction0.5_seed3" / "run.json").read_text())
     first = restored / "runs" / "self-training" / "fraction0.5_seed3" / "first_training"
     assert "not on this machine" in elsewhere["first_model"] and "first_model" not in hidden
