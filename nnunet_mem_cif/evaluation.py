@@ -189,6 +189,23 @@ def evaluate_folders(prediction_folder: str, reference_folder: str, brats_labels
             "label_convention": "brats" if brats_labels else "nnunet"}
 
 
+def missed_regions(results: dict) -> List[str]:
+    """Regions present in at least one reference case and found in none (sensitivity 0 wherever it is defined).
+
+    Sensitivity, not Dice: a case without the region that rightly predicts none scores Dice 1, which would hide a
+    network that never finds the region where it is.
+    """
+    missed = []
+    for region in results["mean"]:
+        if region == "mean":
+            continue
+        sensitivities = [case[region]["sensitivity"] for case in results["cases"].values()]
+        defined = [s for s in sensitivities if not math.isnan(s)]
+        if defined and all(s == 0 for s in defined):
+            missed.append(region)
+    return missed
+
+
 def markdown_table(results: dict) -> str:
     lines = ["| region | Dice | Sensitivity | HD95 [mm] |", "|---|---|---|---|"]
     for region, metrics in results["mean"].items():

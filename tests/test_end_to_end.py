@@ -12,6 +12,7 @@ import torch
 from nnunetv2.utilities.file_path_utilities import convert_trainer_plans_config_to_identifier
 
 from nnunet_mem_cif.discovery import console_script
+from nnunet_mem_cif.evaluation import missed_regions
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
 
 pytestmark = pytest.mark.e2e
@@ -92,6 +93,8 @@ def test_demo_runs_the_whole_workflow(tmp_path):
     metrics = json.load(open(workdir / "results" / "metrics.json"))
     assert set(metrics["mean"]) == {"whole_tumor", "tumor_core", "enhancing_tumor", "mean"}
     assert len(metrics["cases"]) == 2
+    for region in metrics["mean"]:  # a region never found is named after the table, and only then
+        assert (f"{region} was not found in any test case" in result.stdout) == (region in missed_regions(metrics))
     assert (workdir / "results" / "progress.png").is_file()
     assert len(list((workdir / "results" / "overlays").glob("*.png"))) == 2
     train_log = (workdir / "logs" / "train.log").read_text()

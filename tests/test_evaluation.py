@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from nnunet_mem_cif.brats import REGIONS_BRATS
-from nnunet_mem_cif.evaluation import evaluate_folders, hd95, region_metrics, write_results
+from nnunet_mem_cif.evaluation import evaluate_folders, hd95, missed_regions, region_metrics, write_results
 from .synthetic_data import write_image
 
 
@@ -55,3 +55,27 @@ def test_evaluate_folders_writes_json_csv_and_markdown(tmp_path):
     os.remove(tmp_path / "pred" / "b.nii.gz")
     with pytest.raises(ValueError, match="no prediction for b.nii.gz"):
         evaluate_folders(str(tmp_path / "pred"), str(tmp_path / "gt"))
+
+
+def test_a_region_is_missed_only_when_no_case_finds_it(tmp_path):
+    """A case without the region (Dice 1 when none is predicted) counts neither way; one case that finds it is
+    enough, and voxels in the wrong place do not find it."""
+    os.makedirs(tmp_path / "gt")
+    os.makedirs(tmp_path / "pred")
+    reference = np.zeros((8, 9, 10), np.uint8)
+    reference[1:7, 1:7, 1:7] = 1
+    reference[2:6, 2:6, 2:6] = 2
+    reference[3:5, 3:5, 3:5] = 3
+    no_enhancing = np.where(reference == 3, 2, reference).astype(np.uint8)
+    misplaced = no_enhancing.copy()
+    misplaced[2, 2, 2] = 3
+    cases = {"found_no_et": (reference, no_enhancing), "misplaced_et": (reference, misplaced),
+             "no_et_at_all": (no_enhancing, no_enhancing)}
+    for case, (gt, prediction) in cases.items():
+        write_image(gt, str(tmp_path / "gt" / f"{case}.nii.gz"))
+        write_image(prediction, str(tmp_path / "pred" / f"{case}.nii.gz"))
+    results = evaluate_folders(str(tmp_path / "pred"), str(tmp_path / "gt"))
+    assert results["cases"]["no_et_at_all"]["enhancing_tumor"]["dice"] == 1.0
+    assert missed_regions(results) == ["enhancing_tumor"]
+    write_image(reference, str(tmp_path / "pred" / "found_no_et.nii.gz"))
+    assert missed_regions(evaluate_folders(str(tmp_path / "pred"), str(tmp_path / "gt"))) == []
