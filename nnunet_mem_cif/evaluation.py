@@ -190,20 +190,13 @@ def evaluate_folders(prediction_folder: str, reference_folder: str, brats_labels
 
 
 def missed_regions(results: dict) -> List[str]:
-    """Regions present in at least one reference case and found in none (sensitivity 0 wherever it is defined).
+    """Regions present in at least one reference case and found in none: mean sensitivity 0 (NaN-aware, so cases
+    without the region are left out, and a region in no reference case has NaN, not 0).
 
     Sensitivity, not Dice: a case without the region that rightly predicts none scores Dice 1, which would hide a
     network that never finds the region where it is.
     """
-    missed = []
-    for region in results["mean"]:
-        if region == "mean":
-            continue
-        sensitivities = [case[region]["sensitivity"] for case in results["cases"].values()]
-        defined = [s for s in sensitivities if not math.isnan(s)]
-        if defined and all(s == 0 for s in defined):
-            missed.append(region)
-    return missed
+    return [region for region, means in results["mean"].items() if region != "mean" and means["sensitivity"] == 0]
 
 
 def markdown_table(results: dict) -> str:
