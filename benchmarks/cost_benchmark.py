@@ -217,8 +217,8 @@ def ratio_row(what: str, unit: str, baseline: float, value: float, name: str) ->
     ratio = value / baseline
     target = TARGETS.get(what)
     verdict = "" if target is None else (f"<= {target}: met" if ratio <= target else f"<= {target}: **missed**")
-    digits = 0 if unit == "MiB" else 1
-    return f"| {what} | {name} | {baseline:.{digits}f} {unit} | {value:.{digits}f} {unit} | {ratio:.2f} | {verdict} |"
+    spec = ".0f" if unit == "MiB" else ".3g"  # significant digits for times: a GPU step takes tens of milliseconds
+    return f"| {what} | {name} | {baseline:{spec}} {unit} | {value:{spec}} {unit} | {ratio:.2f} | {verdict} |"
 
 
 def main() -> None:

@@ -123,14 +123,15 @@ SETUP=$RESULTS/setup.md
         done
         for wheel in "$WHEELS"/*.whl; do [ -e "$wheel" ] && cp "$wheel" "$WORK/wheels/"; done
         echo "wheels from $WHEELS: $(ls "$WORK/wheels" | tr '\n' ' ')"
-        timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-            --target "$SITE" "$WORK"/wheels/*.whl 2>&1 | tail -5
     else
         echo "no wheels in $WHEELS: using what $PY has"
     fi
-    # this repository itself, as setup.py installs it (no internet: no build isolation, no dependencies)
-    timeout 120 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir --upgrade \
-        --target "$SITE" . 2>&1 | tail -5
+    # the wheels and this repository itself, as setup.py installs it (no internet: no build isolation, no
+    # dependencies), in one call: a second `pip install --target --upgrade` replaces the first one's bin/ folder,
+    # and with it nnU-Net's console scripts (nnUNetv2_plan_and_preprocess, ...)
+    timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+        --upgrade --target "$SITE" $(ls "$WORK"/wheels/*.whl 2>/dev/null) . 2>&1 | tail -5
+    ls "$SITE/bin" | tr '\n' ' '
 } > "$WORK/setup_body" 2>&1
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$SITE/bin:$PATH
