@@ -131,7 +131,8 @@ SETUP=$RESULTS/setup.md
     # and with it nnU-Net's console scripts (nnUNetv2_plan_and_preprocess, ...)
     timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
         --upgrade --target "$SITE" $(ls "$WORK"/wheels/*.whl 2>/dev/null) . 2>&1 | tail -5
-    ls "$SITE/bin" | tr '\n' ' '
+    echo "console scripts the steps call: $(ls "$SITE/bin" 2>/dev/null \
+        | grep -xE 'nnUNetv2_plan_and_preprocess|nnUNetv2_train|nnUNetv2_predict|nnunet-mem-cif' | tr '\n' ' ')"
 } > "$WORK/setup_body" 2>&1
 export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 export PATH=$SITE/bin:$PATH
@@ -261,7 +262,7 @@ if [ -n "$PREP_PID" ]; then
     { echo "# phantom dataset for step 4 (prepared in the background, exit code $prep_rc)"; echo '```';
       tail -n 30 "$WORK/prepare.log"; echo '```'; } > "$RESULTS/4_training_step.md.prep"
 fi
-run_step 4 "training step: MemCifSemiTrainer vs nnUNetTrainer, MeanTeacherTrainer" 4_training_step.md 150 \
+run_step 4 "training step: MemCifSemiTrainer vs nnUNetTrainer, MeanTeacherTrainer" 4_training_step.md 180 \
     "$TRAIN_OK" env nnUNet_n_proc_DA="$N_PROC_DA" "$PY" benchmarks/cost_benchmark.py --workdir "$COST_WORK" --device "$DEVICE" $COST_ARGS \
     --sections step --trainers nnUNetTrainer MeanTeacherTrainer MemCifSemiTrainer $COMPILE_ENV
 if [ -f "$RESULTS/4_training_step.md.prep" ]; then
