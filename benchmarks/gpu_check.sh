@@ -123,14 +123,16 @@ SETUP=$RESULTS/setup.md
         done
         for wheel in "$WHEELS"/*.whl; do [ -e "$wheel" ] && cp "$wheel" "$WORK/wheels/"; done
         echo "wheels from $WHEELS: $(ls "$WORK/wheels" | tr '\n' ' ')"
+        WHEEL_FILES=$(ls "$WORK"/wheels/*.whl)
     else
+        WHEEL_FILES=""  # (not $WORK/wheels: what an earlier run left there is not what $WHEELS holds now)
         echo "no wheels in $WHEELS: using what $PY has"
     fi
     # the wheels and this repository itself, as setup.py installs it (no internet: no build isolation, no
     # dependencies), in one call: a second `pip install --target --upgrade` replaces the first one's bin/ folder,
     # and with it nnU-Net's console scripts (nnUNetv2_plan_and_preprocess, ...)
     timeout 180 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
-        --upgrade --target "$SITE" $(ls "$WORK"/wheels/*.whl 2>/dev/null) . 2>&1 | tail -5
+        --upgrade --target "$SITE" $WHEEL_FILES . 2>&1 | tail -5
     echo "console scripts the steps call: $(ls "$SITE/bin" 2>/dev/null \
         | grep -xE 'nnUNetv2_plan_and_preprocess|nnUNetv2_train|nnUNetv2_predict|nnunet-mem-cif' | tr '\n' ' ')"
 } > "$WORK/setup_body" 2>&1
