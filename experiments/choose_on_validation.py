@@ -25,7 +25,8 @@ import sys
 from typing import Dict, List
 
 from nnunet_mem_cif.atomic import write_text_atomically
-from nnunet_mem_cif.results_table import Run, fold_folder, load_records, method_options, paired_difference
+from nnunet_mem_cif.results_table import Run, fold_folder, interval_text, load_records, method_options, \
+    paired_difference
 
 DEFAULT = "default"
 VARIANTS = "variants"  # the folder of the candidate changes to the method, not a setting candidate
@@ -91,7 +92,7 @@ def choose_variant(choices_dir: str) -> int:
              f"{sum(len(r['case_dice']) for r in full)} | {mean_validation_dice(full):.3f} | - |"]
     for method, runs in sorted(by_method.items()):
         difference = paired_difference(full + runs, method, "memcif", fraction)
-        shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"
+        shown = "-" if difference is None else interval_text(difference)
         lines.append(f"| {method} | {', '.join(str(r['seed']) for r in runs)} | "
                      f"{sum(len(r['case_dice']) for r in runs)} | {mean_validation_dice(runs):.3f} | {shown} |")
     variant = max(sorted(by_method), key=lambda m: mean_validation_dice(by_method[m]))
@@ -129,7 +130,7 @@ def main() -> int:
         dice = mean_validation_dice(runs)
         cases = sum(len(r["case_dice"]) for r in runs)
         difference = None if name == DEFAULT else paired_difference(records, name, DEFAULT, fraction)
-        shown = "-" if difference is None else f"{difference[0]:+.3f} [{difference[1]:+.3f}, {difference[2]:+.3f}]"
+        shown = "-" if difference is None else interval_text(difference)
         lines.append(f"| {name} | {' '.join(method_options(runs[0])) or '(trainers defaults)'} | "
                      f"{', '.join(str(r['seed']) for r in runs)} | {cases} | {dice:.3f} | {shown} |")
         if difference is not None and difference[1] > 0 and difference[0] > best:

@@ -12,28 +12,24 @@ import argparse
 import os
 from typing import List, Optional, Tuple
 
-from nnunet_mem_cif.results_table import METHODS, load_records, paired_difference
+from nnunet_mem_cif.results_table import COMPARISONS, METHODS, interval_text, load_records, paired_difference
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evidence_table")
 UNSEEN = os.path.join(TABLE, "unseen")
 FRACTIONS = (0.01, 0.05)
-# the table's own comparisons (results_table.COMPARISONS) and the ones docs/results.md adds to split the full
-# method's difference into network, unlabeled data and CIF
-PAIRS = [("memcif", "nnunet"), ("memcif", "mean-teacher"), ("memcif", "self-training"), ("memcif", "no-cif"),
-         ("memcif", "memcif-supervised"), ("memcif", "no-mem"), ("no-cif", "nnunet"), ("no-cif", "mean-teacher"),
-         ("no-cif", "self-training"), ("memcif-supervised", "nnunet"), ("no-cif", "memcif-supervised"),
-         ("no-mem", "nnunet"), ("self-training", "nnunet"), ("mean-teacher", "nnunet"),
-         ("self-training", "mean-teacher"), ("memcif-keep-t1ce", "memcif")]
+# the table's own comparisons and the ones docs/results.md adds to split the full method's difference into network,
+# unlabeled data and CIF; a comparison without runs in either phase is left out
+PAIRS = COMPARISONS + (("memcif-supervised", "nnunet"), ("no-cif", "memcif-supervised"), ("no-mem", "nnunet"),
+                       ("self-training", "mean-teacher"))
 
 
 def cell(difference: Optional[Tuple[float, float, float, int]], pairs: int) -> str:
-    """``+0.012 [+0.003, +0.021]``; the pair count where it differs from the table's full count, a dash where no
-    seed has both runs."""
+    """``+0.012 [+0.003, +0.021]``; the pair count where it is below the table's full count, a dash where no seed
+    has both runs."""
     if difference is None:
         return "–"
-    mean, low, high, n = difference
-    text = " ".join([f"{mean:+.3f}", f"[{low:+.3f},", f"{high:+.3f}]"]).replace("-", "−")
-    return text if n == pairs else f"{text} ({n} pairs)"
+    text = interval_text(difference).replace("-", "−")
+    return text if difference[3] == pairs else f"{text} ({difference[3]} pairs)"
 
 
 def comparison_table(region: str = "mean") -> List[str]:
@@ -42,14 +38,14 @@ def comparison_table(region: str = "mean") -> List[str]:
     for folder, records in zip((TABLE, UNSEEN), phases):
         if not records:
             raise SystemExit(f"no run.json under {folder}/runs: run experiments/evidence_table.sh first")
-    pairs = max(len({r["seed"] for r in phases[0]}), 1) * len(
-        next(iter(r["case_dice"] for r in phases[0] if r.get("case_dice"))))
+    differences = {(a, b): [paired_difference(records, a, b, fraction, region)
+                            for fraction in FRACTIONS for records in phases] for a, b in PAIRS}
+    differences = {pair: found for pair, found in differences.items() if any(found)}
+    pairs = max(d[3] for found in differences.values() for d in found if d)  # every seed x every test case
     lines = ["| A − B | 1 %, first table | 1 %, unseen cases | 5 %, first table | 5 %, unseen cases |",
              "|---|---|---|---|---|"]
-    for a, b in PAIRS:
-        cells = [cell(paired_difference(records, a, b, fraction, region), pairs)
-                 for fraction in FRACTIONS for records in phases]
-        lines.append(f"| {METHODS[a].row} − {METHODS[b].row} | " + " | ".join(cells) + " |")
+    for (a, b), found in differences.items():
+        lines.append(f"| {METHODS[a].row} − {METHODS[b].row} | " + " | ".join(cell(d, pairs) for d in found) + " |")
     return lines
 
 

@@ -656,6 +656,12 @@ def paired_difference(records: List[dict], a: str, b: str, fraction: float, regi
     return float(values.mean()), float(low), float(high), len(values)
 
 
+def interval_text(difference: Tuple[float, ...]) -> str:
+    """``+0.012 [+0.003, +0.021]``: a paired difference's mean and 95 % interval, as every report writes one."""
+    mean, low, high = difference[:3]
+    return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
 def convergence_steps(records: List[dict], on: str = "test") -> List[tuple]:
     """Supervised nnU-Net must improve with every step in labels (fractions, then all labels) by more than twice
     the larger of the two steps' seed-to-seed standard deviations; otherwise the schedule has not converged far
@@ -711,7 +717,7 @@ def paired_report(records: List[dict]) -> List[str]:
             if mean is None:
                 continue
             et = paired_difference(records, a, b, fraction, "enhancing_tumor")
-            cells = [f"{d[0]:+.3f} [{d[1]:+.3f}, {d[2]:+.3f}]" for d in (mean, et)]
+            cells = [interval_text(d) for d in (mean, et)]
             rows.append(f"| {fraction:.0%} | {METHODS[a].row} - {METHODS[b].row} | {mean[3]} | {cells[0]} | "
                         f"{cells[1]} |")
     if not rows:
@@ -742,11 +748,11 @@ def target_report(records: List[dict]) -> List[str]:
                 rows.append(f"| {fraction:.0%} | {criterion} | not run yet | 0 | open |")
                 verdicts.append(None)
                 continue
-            mean, low, high, _ = difference
+            mean, low = difference[:2]
             met = mean >= margin and low > 0
             verdicts.append(met)
             provisional |= len(seeds) < 3
-            rows.append(f"| {fraction:.0%} | {criterion} | {mean:+.3f} [{low:+.3f}, {high:+.3f}] | {len(seeds)} | "
+            rows.append(f"| {fraction:.0%} | {criterion} | {interval_text(difference)} | {len(seeds)} | "
                         f"{'yes' if met else 'no'}{'' if len(seeds) >= 3 else ' (provisional)'} |")
     decided = [v for v in verdicts if v is not None]
     if decided and not all(decided):
