@@ -12,7 +12,8 @@ import argparse
 import os
 from typing import List, Optional, Tuple
 
-from nnunet_mem_cif.results_table import COMPARISONS, METHODS, interval_text, load_records, paired_difference
+from nnunet_mem_cif.results_table import COMPARISONS, METHODS, REGIONS, interval_text, load_records, \
+    paired_difference
 
 TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "evidence_table")
 UNSEEN = os.path.join(TABLE, "unseen")
@@ -51,7 +52,7 @@ def comparison_table(region: str = "mean") -> List[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--region", default="mean", choices=["mean", "whole_tumor", "tumor_core", "enhancing_tumor"],
+    parser.add_argument("--region", default="mean", choices=REGIONS,
                         help="Dice of this region (mean: over WT / TC / ET)")
     args = parser.parse_args()
     print("\n".join(comparison_table(args.region)))
