@@ -47,7 +47,8 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
     from nnunet_mem_cif.phantom import make_phantom
-    cases = make_phantom(args.output_dir, args.cases, args.seed, args.spacing, overwrite=args.overwrite)
+    cases = make_phantom(args.output_dir, args.cases, args.seed, args.spacing, overwrite=args.overwrite,
+                         variation=args.variation)
     print(f"Wrote {len(cases)} phantom cases to {os.path.join(args.output_dir, 'HGG')}")
     return 0
 
@@ -149,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--cases", type=int, required=True)
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--spacing", type=float, default=1.0, help="isotropic voxel size in mm (default 1.0, as BraTS)")
+    ph.add_argument("--variation", type=int, default=1,
+                    help="docs/phantom.md: 1 (default) as the tests, the demo and the first evidence table; 2 adds "
+                         "19 sites, weak and patchy enhancement and satellite foci")
     ph.add_argument("--overwrite", action="store_true", help="replace an earlier phantom in OUTPUT_DIR")
     ph.set_defaults(func=_cmd_phantom, all_or_nothing=True)
 

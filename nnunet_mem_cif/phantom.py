@@ -11,7 +11,7 @@ docs/phantom.md; ``VARIATION`` below holds them. Labels use BraTS values (1 necr
 """
 import math
 import os
-from typing import Dict, List, Tuple
+from typing import Dict, List, NamedTuple, Tuple
 
 import numpy as np
 import SimpleITK as sitk
@@ -45,6 +45,26 @@ VARIATION = {
     "site_slice_thickness_mm": (1.0, 1.0, 3.0, 5.0),  # per site, of T2 and FLAIR (2D acquisitions)
     "misregistration_mm": 1.5,              # per modality: uniform shift in +- this, each axis
 }
+# Variation 2 (docs/phantom.md, "Variation 2"): what variation 1 leaves out and BraTS 2019 has, so that a few labeled
+# cases cover less of it than many do. Variation 1 stays as it is: the committed tables, the tests and the demo ran on
+# it, and its cases come out bit-identical (variation 2 draws its extra numbers after variation 1's).
+VARIATIONS = {1: VARIATION, 2: {
+    **VARIATION,
+    "sites": 19,                            # BraTS 2017-2019 training data: 19 institutions
+    "enhancement": (0.3, 1.0),              # per case: T1ce rim intensity above white matter, x this
+    "non_enhancing_fraction": (0.0, 0.6),   # per case: part of the rim that is solid non-enhancing tumor (label 1)
+    "satellite_probability": 0.2,           # per case: a second, separate focus (multifocal glioblastoma)
+    "satellite_core_radius_mm": (6.0, 12.0),
+}}
+# relative intensity of solid non-enhancing tumor (variation 2) per modality, on CONTRASTS' scale: no enhancement,
+# T2 / FLAIR bright but less than edema (kept out of CONTRASTS so that variation 1's site draws stay as they were)
+NON_ENHANCING = {"t1": 0.55, "t1ce": 0.58, "t2": 0.80, "flair": 0.95}
+
+
+class Tumor(NamedTuple):
+    labels: np.ndarray          # BraTS labels 0 / 1 / 2 / 4
+    non_enhancing: np.ndarray   # voxels of label 1 that are solid non-enhancing tumor, not necrosis (variation 2)
+    enhancement: float          # how strongly the rim enhances on T1ce (1: as CONTRASTS says)
 
 
 class PhantomError(PluginUserError, ValueError):
@@ -73,13 +93,14 @@ def _smooth_noise(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
     return field / max(np.abs(field).max(), 1e-6)
 
 
-def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Generator) -> np.ndarray:
-    """BraTS labels (0, 1, 2, 4) of one random tumor."""
+def _focus(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Generator,
+           core_radius_mm: Tuple[float, float]) -> np.ndarray:
+    """BraTS labels (0, 1, 2, 4) of one random tumor focus."""
     shape = anatomy["brain"].shape
     # centred in white matter, or in deep grey matter next to it (docs/phantom.md, location)
     candidates = np.argwhere(((anatomy["wm"] > 0.6) | (anatomy["wm"] + anatomy["gm"] > 0.9)) & anatomy["brain"])
     center = candidates[rng.integers(len(candidates))]
-    radius_mm = rng.uniform(*VARIATION["core_radius_mm"])  # enhancing rim included; edema extends beyond
+    radius_mm = rng.uniform(*core_radius_mm)  # enhancing rim included; edema extends beyond
     grid = np.indices(shape).astype(float)
     distance = np.sqrt(sum(((grid[i] - center[i]) * spacing) ** 2 for i in range(3)))
     irregular = distance / (1 + VARIATION["shape_irregularity"] * _smooth_noise(shape, rng, 6 / spacing))
@@ -93,32 +114,60 @@ def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Ge
     return labels
 
 
-def make_sites(seed: int) -> List[Dict[str, Dict[str, object]]]:
-    """Scanner / protocol of each simulated site, per modality; drawn once per phantom (from its seed)."""
+def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Generator,
+               variation: Dict[str, object] = VARIATION) -> Tumor:
+    """One random tumor; with variation 2 also its appearance (rim enhancement, non-enhancing part) and, in some
+    cases, a satellite focus."""
+    labels = _focus(anatomy, spacing, rng, variation["core_radius_mm"])
+    non_enhancing = np.zeros(labels.shape, bool)
+    if "enhancement" not in variation:  # variation 1: nothing more drawn, so its cases stay as they were
+        return Tumor(labels, non_enhancing, 1.0)
+    if rng.random() < variation["satellite_probability"]:
+        satellite = _focus(anatomy, spacing, rng, variation["satellite_core_radius_mm"])
+        # the satellite's core wins over the first focus's edema where they touch
+        labels = np.where((satellite > 0) & ((labels == 0) | ((labels == 2) & (satellite != 2))), satellite, labels)
+    rim = labels == 4
+    if rim.any():  # patches of the rim that do not enhance: solid tumor, labelled with the necrosis as label 1
+        patches = _smooth_noise(labels.shape, rng, 8 / spacing)
+        fraction = rng.uniform(*variation["non_enhancing_fraction"])
+        non_enhancing = rim & (patches < np.quantile(patches[rim], fraction))
+        labels[non_enhancing] = 1
+    return Tumor(labels, non_enhancing, float(rng.uniform(*variation["enhancement"])))
+
+
+def make_sites(seed: int, variation: Dict[str, object] = VARIATION) -> List[Dict[str, Dict[str, object]]]:
+    """Scanner / protocol of each simulated site, per modality; drawn once per phantom (from its seed). Variation 2's
+    first four sites are variation 1's."""
     rng = np.random.default_rng([seed, 1])  # independent of the cases' stream, so sites do not depend on --cases
-    low, high = np.log(VARIATION["site_gamma"])
-    thicknesses = VARIATION["site_slice_thickness_mm"]
+    low, high = np.log(variation["site_gamma"])
+    thicknesses = variation["site_slice_thickness_mm"]
     return [{modality: {"gamma": float(np.exp(rng.uniform(low, high))),
-                        "tissue": rng.uniform(*VARIATION["site_tissue_contrast"], 6),
-                        "bias": float(rng.uniform(*VARIATION["site_bias_amplitude"])),
-                        "noise": float(rng.uniform(*VARIATION["site_noise"])),
+                        "tissue": rng.uniform(*variation["site_tissue_contrast"], 6),
+                        "bias": float(rng.uniform(*variation["site_bias_amplitude"])),
+                        "noise": float(rng.uniform(*variation["site_noise"])),
                         "slice_mm": float(thicknesses[site % len(thicknesses)]) if modality in ("t2", "flair")
                         else 1.0}
-             for modality in MODALITIES} for site in range(VARIATION["sites"])]
+             for modality in MODALITIES} for site in range(variation["sites"])]
 
 
-def synthesise_case(anatomy: Dict[str, np.ndarray], labels: np.ndarray, spacing: float,
+def synthesise_case(anatomy: Dict[str, np.ndarray], tumor: Tumor, spacing: float,
                     rng: np.random.Generator, site: Dict[str, Dict[str, object]]) -> Dict[str, np.ndarray]:
     tissues = [anatomy["csf"], anatomy["gm"], anatomy["wm"]]
-    tumor = [labels == 2, labels == 4, labels == 1]
+    labels = tumor.labels
+    regions = [labels == 2, labels == 4, labels == 1]
     in_tumor = labels > 0
     texture = 0.85 + 0.3 * anatomy["t1"]
     images = {}
     for modality in MODALITIES:
         protocol = site[modality]
         c = np.asarray(CONTRASTS[modality]) * protocol["tissue"]
+        if tumor.enhancement != 1.0:  # the rim's excess over white matter, scaled (variation 2)
+            c[4] = c[2] + tumor.enhancement * (c[4] - c[2])
         healthy = sum(w * tissue for w, tissue in zip(c[:3], tissues))
-        image = np.where(in_tumor, sum(w * region for w, region in zip(c[3:], tumor)), healthy) * texture
+        image = np.where(in_tumor, sum(w * region for w, region in zip(c[3:], regions)), healthy) * texture
+        if tumor.non_enhancing.any():  # scaled like the necrosis it shares label 1 with
+            image[tumor.non_enhancing] = (NON_ENHANCING[modality] * protocol["tissue"][5]
+                                          * texture[tumor.non_enhancing])
         image = np.clip(image, 0, None) ** protocol["gamma"]
         bias = np.exp(protocol["bias"] * _smooth_noise(image.shape, rng, 20 / spacing))
         image = image * bias
@@ -146,8 +195,10 @@ def _holds_only_phantom_cases(output_dir: str, prefix: str) -> bool:
         case.startswith(f"{prefix}_") and os.path.isdir(os.path.join(hgg, case)) for case in os.listdir(hgg))
 
 
-def check_phantom_arguments(num_cases: int, seed: int, spacing: float) -> None:
+def check_phantom_arguments(num_cases: int, seed: int, spacing: float, variation: int = 1) -> None:
     """Refuse arguments no phantom can be made with (NaN and infinity included), before anything is made."""
+    if variation not in VARIATIONS:
+        raise PhantomError(f"--variation must be one of {sorted(VARIATIONS)}, got {variation}")
     if num_cases < 1:
         raise PhantomError(f"--cases must be at least 1, got {num_cases}")
     if seed < 0:
@@ -157,28 +208,28 @@ def check_phantom_arguments(num_cases: int, seed: int, spacing: float) -> None:
 
 
 def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float = 1.0,
-                 prefix: str = "BraTS19_PHANTOM", overwrite: bool = False) -> List[str]:
+                 prefix: str = "BraTS19_PHANTOM", overwrite: bool = False, variation: int = 1) -> List[str]:
     """Write ``output_dir/HGG/<case>/<case>_{t1,t1ce,t2,flair,seg}.nii.gz``; returns the case ids.
 
     Arguments and ``output_dir`` are checked before anything is made; the folder appears complete or not at all
     (``atomic_folder``). An earlier phantom there is replaced whole only with ``overwrite``; a folder holding
     anything else is never written into.
     """
-    check_phantom_arguments(num_cases, seed, spacing)
+    check_phantom_arguments(num_cases, seed, spacing, variation)
     check_output_folder(output_dir, overwrite, lambda folder: _holds_only_phantom_cases(folder, prefix))
     anatomy = load_anatomy(spacing)
     rng = np.random.default_rng(seed)
-    sites = make_sites(seed)
+    sites = make_sites(seed, VARIATIONS[variation])
     cases = []
     with atomic_folder(output_dir, overwrite) as partial:
         for i in tqdm(range(num_cases), desc="Making phantom cases", unit="case"):
             case = f"{prefix}_{i:03d}"
             folder = os.path.join(partial, "HGG", case)
             os.makedirs(folder)
-            labels = make_tumor(anatomy, spacing, rng)
+            tumor = make_tumor(anatomy, spacing, rng, VARIATIONS[variation])
             site = sites[int(rng.integers(len(sites)))]
-            for modality, image in synthesise_case(anatomy, labels, spacing, rng, site).items():
+            for modality, image in synthesise_case(anatomy, tumor, spacing, rng, site).items():
                 _write(image, os.path.join(folder, f"{case}_{modality}.nii.gz"), spacing, np.float32)
-            _write(labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
+            _write(tumor.labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
             cases.append(case)
     return cases
