@@ -7,7 +7,9 @@ random position, size, irregular shape and sub-region proportions is added: edem
 enhancing rim (bright on T1ce) and a necrotic core (dark on T1ce, bright on T2). Each case comes from one of a few
 simulated sites (scanner and protocol: contrast, bias field, noise, slice thickness of T2 / FLAIR), and each
 modality gets its own small shift (imperfect co-registration). Every range, and where it comes from, is in
-docs/phantom.md; ``VARIATION`` below holds them. Labels use BraTS values (1 necrotic core, 2 edema, 4 enhancing).
+docs/phantom.md; ``VARIATION`` below holds them, and ``VARIATIONS[2]`` what the second evidence table adds (more
+sites, weak and non-enhancing rims, satellite foci). Labels use BraTS values (1 necrotic or non-enhancing core,
+2 edema, 4 enhancing).
 """
 import math
 import os

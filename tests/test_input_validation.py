@@ -368,7 +368,8 @@ def test_to_brats_labels_removes_the_leftover_of_a_killed_run(tmp_path, capsys):
 @pytest.mark.parametrize("args, message", [(["--cases", "0"], "--cases"), (["--cases", "-2"], "--cases"),
                                            (["--seed", "-1"], "--seed"), (["--spacing", "0"], "--spacing"),
                                            (["--spacing", "-1"], "--spacing"), (["--spacing", "nan"], "--spacing"),
-                                           (["--spacing", "inf"], "--spacing"), (["--spacing", "100"], "--spacing")])
+                                           (["--spacing", "inf"], "--spacing"), (["--spacing", "100"], "--spacing"),
+                                           (["--variation", "3"], "--variation")])
 def test_make_phantom_refuses_bad_arguments_before_writing(tmp_path, capsys, args, message):
     arguments = {"--cases": "2", **dict(zip(args[::2], args[1::2]))}
     line = user_error(capsys, "make-phantom", tmp_path / "phantom", *[x for kv in arguments.items() for x in kv])
