@@ -96,7 +96,7 @@ def _smooth_noise(shape, rng: np.random.Generator, sigma: float) -> np.ndarray:
 
 
 def _focus(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Generator,
-           core_radius_mm: Tuple[float, float]) -> np.ndarray:
+           variation: Dict[str, object], core_radius_mm: Tuple[float, float]) -> np.ndarray:
     """BraTS labels (0, 1, 2, 4) of one random tumor focus."""
     shape = anatomy["brain"].shape
     # centred in white matter, or in deep grey matter next to it (docs/phantom.md, location)
@@ -105,9 +105,9 @@ def _focus(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Genera
     radius_mm = rng.uniform(*core_radius_mm)  # enhancing rim included; edema extends beyond
     grid = np.indices(shape).astype(float)
     distance = np.sqrt(sum(((grid[i] - center[i]) * spacing) ** 2 for i in range(3)))
-    irregular = distance / (1 + VARIATION["shape_irregularity"] * _smooth_noise(shape, rng, 6 / spacing))
-    necrosis_fraction = rng.uniform(*VARIATION["necrosis_radius_fraction"])
-    edema_radius = radius_mm * rng.uniform(*VARIATION["edema_factor"])
+    irregular = distance / (1 + variation["shape_irregularity"] * _smooth_noise(shape, rng, 6 / spacing))
+    necrosis_fraction = rng.uniform(*variation["necrosis_radius_fraction"])
+    edema_radius = radius_mm * rng.uniform(*variation["edema_factor"])
     labels = np.zeros(shape, np.uint8)
     labels[irregular < edema_radius] = 2
     labels[irregular < radius_mm] = 4
@@ -120,12 +120,12 @@ def make_tumor(anatomy: Dict[str, np.ndarray], spacing: float, rng: np.random.Ge
                variation: Dict[str, object] = VARIATION) -> Tumor:
     """One random tumor; with variation 2 also its appearance (rim enhancement, non-enhancing part) and, in some
     cases, a satellite focus."""
-    labels = _focus(anatomy, spacing, rng, variation["core_radius_mm"])
+    labels = _focus(anatomy, spacing, rng, variation, variation["core_radius_mm"])
     non_enhancing = np.zeros(labels.shape, bool)
     if "enhancement" not in variation:  # variation 1: nothing more drawn, so its cases stay as they were
         return Tumor(labels, non_enhancing, 1.0)
     if rng.random() < variation["satellite_probability"]:
-        satellite = _focus(anatomy, spacing, rng, variation["satellite_core_radius_mm"])
+        satellite = _focus(anatomy, spacing, rng, variation, variation["satellite_core_radius_mm"])
         # the satellite's core wins over the first focus's edema where they touch
         labels = np.where((satellite > 0) & ((labels == 0) | ((labels == 2) & (satellite != 2))), satellite, labels)
     rim = labels == 4
@@ -153,7 +153,8 @@ def make_sites(seed: int, variation: Dict[str, object] = VARIATION) -> List[Dict
 
 
 def synthesise_case(anatomy: Dict[str, np.ndarray], tumor: Tumor, spacing: float,
-                    rng: np.random.Generator, site: Dict[str, Dict[str, object]]) -> Dict[str, np.ndarray]:
+                    rng: np.random.Generator, site: Dict[str, Dict[str, object]],
+                    variation: Dict[str, object] = VARIATION) -> Dict[str, np.ndarray]:
     tissues = [anatomy["csf"], anatomy["gm"], anatomy["wm"]]
     labels = tumor.labels
     regions = [labels == 2, labels == 4, labels == 1]
@@ -177,7 +178,7 @@ def synthesise_case(anatomy: Dict[str, np.ndarray], tumor: Tumor, spacing: float
             sigma = [0, 0, protocol["slice_mm"] / spacing / 2.355]
             image = ndimage.gaussian_filter(image, sigma)
         image = image + rng.normal(0, protocol["noise"], image.shape)
-        shift = rng.uniform(-VARIATION["misregistration_mm"], VARIATION["misregistration_mm"], 3) / spacing
+        shift = rng.uniform(-variation["misregistration_mm"], variation["misregistration_mm"], 3) / spacing
         image = ndimage.shift(image * anatomy["brain"], shift, order=1)
         images[modality] = np.clip(image, 0, None) * 1000
     return images
@@ -230,7 +231,7 @@ def make_phantom(output_dir: str, num_cases: int, seed: int = 0, spacing: float 
             os.makedirs(folder)
             tumor = make_tumor(anatomy, spacing, rng, VARIATIONS[variation])
             site = sites[int(rng.integers(len(sites)))]
-            for modality, image in synthesise_case(anatomy, tumor, spacing, rng, site).items():
+            for modality, image in synthesise_case(anatomy, tumor, spacing, rng, site, VARIATIONS[variation]).items():
                 _write(image, os.path.join(folder, f"{case}_{modality}.nii.gz"), spacing, np.float32)
             _write(tumor.labels, os.path.join(folder, f"{case}_seg.nii.gz"), spacing, np.uint8)
             cases.append(case)

@@ -49,7 +49,7 @@ def test_variation_2_adds_sites_satellites_weak_and_non_enhancing_rim_and_keeps_
     rng = np.random.default_rng(0)
     tumor = make_tumor(anatomy, 4.0, rng, variation)
     rim_before = (tumor.labels == 4).sum() + tumor.non_enhancing.sum()
-    first_focus = _focus(anatomy, 4.0, np.random.default_rng(0), VARIATIONS[2]["core_radius_mm"])
+    first_focus = _focus(anatomy, 4.0, np.random.default_rng(0), VARIATIONS[2], VARIATIONS[2]["core_radius_mm"])
     assert ((tumor.labels > 0) & (first_focus == 0)).sum() > 20  # a second focus beyond the first
     assert tumor.non_enhancing.any() and (tumor.labels[tumor.non_enhancing] == 1).all()
     assert abs(tumor.non_enhancing.sum() / rim_before - 0.5) < 0.05
@@ -64,3 +64,20 @@ def test_variation_2_adds_sites_satellites_weak_and_non_enhancing_rim_and_keeps_
     # variation 1 draws none of this: its tumors are one focus with an enhancing rim as CONTRASTS says
     plain = make_tumor(anatomy, 4.0, np.random.default_rng(0))
     assert plain.enhancement == 1.0 and not plain.non_enhancing.any()
+
+
+def test_every_key_of_the_variation_passed_is_the_one_used():
+    """A variation that changes a key of variation 1 (shape, misregistration) must change the cases: nothing reads
+    the module's variation 1 behind the caller's back."""
+    pytest.importorskip("nilearn")
+    from nnunet_mem_cif.phantom import VARIATION, load_anatomy, make_sites, make_tumor, synthesise_case
+    anatomy = load_anatomy(4.0)
+    # edema no larger than the core: no whole-tumor-only voxels; no misregistration: nothing outside the brain
+    variation = {**VARIATION, "edema_factor": (1.0, 1.0), "misregistration_mm": 0.0}
+    rng = np.random.default_rng(0)
+    tumor = make_tumor(anatomy, 4.0, rng, variation)
+    assert (tumor.labels == 4).any() and not (tumor.labels == 2).any()
+    images = synthesise_case(anatomy, tumor, 4.0, rng, make_sites(0)[0], variation)
+    assert all((image[~anatomy["brain"]] == 0).all() for image in images.values())
+    shifted = synthesise_case(anatomy, tumor, 4.0, np.random.default_rng(1), make_sites(0)[0])
+    assert any((image[~anatomy["brain"]] > 0).any() for image in shifted.values())
