@@ -48,8 +48,9 @@ case "$VARIATION" in  # the table's cases and ids: the first table's (variation 
        TARGET=evidence_table_2 ;;
     *) echo "VARIATION must be 1 or 2 (docs/phantom.md), got $VARIATION" >&2; exit 2 ;;
 esac
-FIRST_TABLE="$(dirname "$(realpath "$0")")/evidence_table"
-TARGET="$(dirname "$(realpath "$0")")/$TARGET"
+HERE="$(dirname "$(realpath "$0")")"  # experiments/: the committed tables and choose_on_validation.py
+FIRST_TABLE="$HERE/evidence_table"
+TARGET="$HERE/$TARGET"
 COMMITTED="$TARGET"  # the choices' result lives here in every phase
 CHOICES="$WORKDIR/choices"
 # the data: the cases every choice is made on, or (phase unseen) new ones with their own table
@@ -119,12 +120,12 @@ if [ "$PHASE" = choices ]; then
         nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$CHOICES/${candidate%%=*}" --methods memcif \
             --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
     done
-    python "$(dirname "$(realpath "$0")")/choose_on_validation.py" "$CHOICES"
+    python "$HERE/choose_on_validation.py" "$CHOICES"
     read -ra OPTIONS <<< "$(chosen table_options)"
     VARIANTS=(memcif-keep-t1ce memcif-mask-t1ce)
     nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$CHOICES/variants" --methods "${VARIANTS[@]}" \
         --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu "${OPTIONS[@]}"
-    python "$(dirname "$(realpath "$0")")/choose_on_validation.py" "$CHOICES" --variants
+    python "$HERE/choose_on_validation.py" "$CHOICES" --variants
     mkdir -p "$TARGET" && cp "$CHOICES/choices.md" "$CHOICES/variants.md" "$CHOICES/chosen.json" "$TARGET"/
     exit 0
 fi
