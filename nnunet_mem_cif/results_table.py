@@ -755,10 +755,12 @@ def target_report(records: List[dict]) -> List[str]:
             rows.append(f"| {fraction:.0%} | {criterion} | {interval_text(difference)} | {len(seeds)} | "
                         f"{'yes' if met else 'no'}{'' if len(seeds) >= 3 else ' (provisional)'} |")
     decided = [v for v in verdicts if v is not None]
+    open_count = verdicts.count(None)
     if decided and not all(decided):
-        verdict = "**Not met**" + ("" if None not in verdicts else f" so far ({verdicts.count(None)} criteria open)")
+        verdict = "**Not met**" + ("" if not open_count else
+                                   f" so far ({open_count} {'criterion' if open_count == 1 else 'criteria'} open)")
     elif None in verdicts:
-        verdict = f"**Open**: {verdicts.count(None)} of {len(verdicts)} criteria have no runs yet"
+        verdict = f"**Open**: {open_count} of {len(verdicts)} criteria have no runs yet"
     else:
         verdict = "**Met**"
     if provisional and (None not in verdicts or not all(decided)):

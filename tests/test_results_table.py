@@ -110,6 +110,8 @@ def test_target_is_judged_from_paired_intervals_and_stays_open_without_runs():
     assert re.search(r"\| 1% \| ahead of no MEM \| \+0\.000 \[-0\.0\d\d, \+0\.0\d\d\] \| 3 \| no \|", report)
     assert "| 1% | ahead of no CIF | not run yet | 0 | open |" in report
     assert "**Not met** so far (2 criteria open)." in report
+    with_self_training = records + [run("self-training", s, 0.70) for s in (0, 1, 2)]  # only no CIF left open
+    assert "**Not met** so far (1 criterion open)." in markdown_report(with_self_training)
     shown = [r for r in records if r["method"] != "no-mem"]
     assert "**Open**: 3 of 5 criteria have no runs yet." in markdown_report(shown)
     one_seed = [r for r in records if r["seed"] == 0 and r["method"] in ("memcif", "nnunet")]
