@@ -15,7 +15,7 @@
 # first table as committed.
 #
 # PHASE "convergence" trains only supervised nnU-Net (1 / 5 / 10 / 100 %, 3 seeds): its fold validation Dice is
-# what the schedule below is chosen on (docs/results.md). PHASE "choices" trains the full method at 1 %, seed 0,
+# what the schedule below is checked on (docs/results.md). PHASE "choices" trains the full method at 1 %, seed 0,
 # once per candidate setting (CANDIDATES: consistency weight, MEM:CIF lr multipliers) and chooses among them on the
 # fold validation cases (experiments/choose_on_validation.py); then, with that setting, the candidate changes to
 # the method (VARIANTS: never drop T1ce, or mask the tumor core / enhancing tumor consistency without it) and
@@ -67,8 +67,8 @@ export nnUNet_raw="$DATA/nnUNet_raw" nnUNet_preprocessed="$DATA/nnUNet_preproces
 export nnUNet_results="$DATA/nnUNet_results"
 export nnUNet_compile="${nnUNet_compile:-0}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
 export nnUNet_def_n_proc="${nnUNet_def_n_proc:-1}"
-# the schedule (chosen on fold-0 validation cases, see docs/results.md; schedule45: 3x its epochs); the same for
-# every row
+# the schedule (set to fit the budget, checked on fold-0 validation cases, see docs/results.md; schedule45: 3x its
+# epochs); the same for every row
 SCHEDULE=(-c 2d --batch-size 16 --epochs "$EPOCHS" --iterations 40 --disable-tta)
 if [ ! -f "$nnUNet_preprocessed/Dataset${DATASET_ID}_$DATASET/nnUNetPlans.json" ]; then
     nnunet-mem-cif make-phantom "$DATA/phantom" --cases "$CASES" --spacing 3 --seed "$PHANTOM_SEED" \
