@@ -31,9 +31,9 @@
 # seeds, with the first table's setting chosen on its validation cases (evidence_table/chosen.json; variation 2 has
 # no choices phase of its own); in WORKDIR/schedule_45_epochs, copied to schedule_45_epochs/ beside the table.
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
-# After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into
-# experiments/evidence_table/ (the choices: choices.md, variants.md, chosen.json; the unseen cases' table: unseen/),
-# so the table can be committed as it fills.
+# After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
+# variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
+# chosen.json; the unseen cases' table: unseen/), so the table can be committed as it fills.
 set -euo pipefail
 WORKDIR=$(realpath -m "${1:-evidence_table_work}")
 PHASE="${2:-all}"
