@@ -759,11 +759,11 @@ def target_report(records: List[dict]) -> List[str]:
     if decided and not all(decided):
         verdict = "**Not met**" + ("" if not open_count else
                                    f" so far ({open_count} {'criterion' if open_count == 1 else 'criteria'} open)")
-    elif None in verdicts:
+    elif open_count:
         verdict = f"**Open**: {open_count} of {len(verdicts)} criteria have no runs yet"
     else:
         verdict = "**Met**"
-    if provisional and (None not in verdicts or not all(decided)):
+    if provisional and (not open_count or not all(decided)):
         verdict += ", provisional (fewer than 3 seeds)"
     return ["", "## Target: the full method ahead at " + " and ".join(f"{f:.0%}" for f in fractions), "",
             "Full method - B over (seed, test case) pairs, mean Dice over WT / TC / ET; met where the mean reaches "
