@@ -793,9 +793,9 @@ def markdown_report(records: List[dict]) -> str:
              f"- device: {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()),
              _commands_line(records),
              "",
-             "| labeled | method | labeled cases | " + " | ".join(f"Dice {REGION_SHORT[r]}" for r in REGIONS) + " | "
+             "| labeled | method | labeled cases | seeds | " + " | ".join(f"Dice {REGION_SHORT[r]}" for r in REGIONS) + " | "
              + " | ".join(f"Sens {REGION_SHORT[r]}" for r in REGIONS) + " | train [min] |",
-             "|---|---|---|" + "---|" * (2 * len(REGIONS) + 1)]
+             "|---|---|---|---|" + "---|" * (2 * len(REGIONS) + 1)]
     groups: Dict[tuple, List[dict]] = {}
     for record in records:
         groups.setdefault((record["labeled_fraction"], record["method"]), []).append(record)
@@ -803,8 +803,10 @@ def markdown_report(records: List[dict]) -> str:
         cells = [_mean_std([r["mean"][region][metric] for r in group])
                  for metric in ("dice", "sensitivity") for region in REGIONS]
         labeled = "/".join(sorted({str(len(r["labeled_cases"])) for r in group}))
+        # Each row names its seeds: while a seed is incomplete, rows average over different numbers of them.
+        row_seeds = ", ".join(str(r["seed"]) for r in group)
         minutes = statistics.mean(r["train_seconds"] for r in group) / 60
-        lines.append(f"| {fraction:.0%} | {group[0]['row']} | {labeled} | " + " | ".join(cells)
+        lines.append(f"| {fraction:.0%} | {group[0]['row']} | {labeled} | {row_seeds} | " + " | ".join(cells)
                      + f" | {minutes:.1f} |")
     lines += (convergence_check(records, "validation") + convergence_check(records, "test") + target_report(records)
               + paired_report(records))

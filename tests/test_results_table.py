@@ -51,9 +51,11 @@ def test_table_writer_groups_methods_by_fraction_with_mean_and_std_over_seeds(tm
     main = table.split("\n## ")[0]  # the methods x fractions table, before the sections that follow it
     rows = [line for line in main.splitlines() if line.startswith("| 1% |") or line.startswith("| 5% |")]
     assert len(rows) == 4
-    assert rows[0].startswith("| 1% | supervised nnU-Net | 1 | 0.600 ± 0.000 |")
-    assert rows[1].startswith("| 1% | full method | 1 | 0.850 ± 0.071 | 0.810 ± 0.000 |")
-    assert rows[3].startswith("| 5% | full method | 2 |")
+    assert rows[0].startswith("| 1% | supervised nnU-Net | 1 | 0, 1 | 0.600 ± 0.000 |")
+    assert rows[1].startswith("| 1% | full method | 1 | 0, 1 | 0.850 ± 0.071 | 0.810 ± 0.000 |")
+    assert rows[3].startswith("| 5% | full method | 2 | 0, 1 |")
+    incomplete = markdown_report([r for r in records if (r["method"], r["seed"]) != ("memcif", 1)])
+    assert "| 1% | full method | 1 | 0 | 0.900 |" in incomplete  # a row with fewer seeds says so
     with open(tmp_path / "results.csv") as f:
         lines = list(csv.DictReader(f))
     assert len(lines) == len(records) * len(REGIONS)
