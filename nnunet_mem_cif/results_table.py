@@ -793,7 +793,8 @@ def markdown_report(records: List[dict]) -> str:
              f"- device: {first['device']}; versions: " + ", ".join(f"{k} {v}" for k, v in first["versions"].items()),
              _commands_line(records),
              "",
-             "| labeled | method | labeled cases | seeds | " + " | ".join(f"Dice {REGION_SHORT[r]}" for r in REGIONS) + " | "
+             "| labeled | method | labeled cases | seeds | "
+             + " | ".join(f"Dice {REGION_SHORT[r]}" for r in REGIONS) + " | "
              + " | ".join(f"Sens {REGION_SHORT[r]}" for r in REGIONS) + " | train [min] |",
              "|---|---|---|---|" + "---|" * (2 * len(REGIONS) + 1)]
     groups: Dict[tuple, List[dict]] = {}
