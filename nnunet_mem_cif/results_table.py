@@ -60,7 +60,7 @@ METHODS: Dict[str, Method] = {
 }
 DEFAULT_METHODS = [name for name, method in METHODS.items() if method.default]
 # the paired differences the report gives, (A, B) for A - B; each ablation against the baselines too: which part of
-# the method carries a gain shows there, and the table points to no CIF as the default network (docs/results.md)
+# the method carries a gain shows there (docs/results.md)
 COMPARISONS = (("memcif", "nnunet"), ("memcif", "mean-teacher"), ("memcif", "self-training"),
                ("memcif", "no-mem"), ("memcif", "no-cif"), ("memcif", "memcif-supervised"),
                ("no-cif", "nnunet"), ("no-cif", "mean-teacher"), ("no-cif", "self-training"),
