@@ -82,8 +82,8 @@ def test_paired_difference_pairs_seeds_and_cases_and_bootstraps_an_interval():
     records.append(with_cases(fake_record("no-mem", 0.01, 0, 0.5), {"t1": 0.5, "t2": 0.8}))
     report = markdown_report(records)
     assert "## Paired differences" in report and "| 1% | full method - supervised nnU-Net | 4 | +0.175 [" in report
-    assert "| 1% | no CIF - supervised nnU-Net | 2 | +0.100 [" in report  # the network the table points to
-    assert "| 1% | no MEM - supervised nnU-Net | 2 | +0.050 [" in report  # each ablation against the baselines
+    assert "| 1% | no CIF - supervised nnU-Net | 2 | +0.100 [" in report  # each ablation against the baselines
+    assert "| 1% | no MEM - supervised nnU-Net | 2 | +0.050 [" in report
 
 
 @pytest.mark.parametrize("options", [[], ["--consistency-weight", "0.3"], ["--lr-multipliers", "1:1"],
