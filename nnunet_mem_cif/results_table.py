@@ -663,18 +663,27 @@ def interval_text(difference: Tuple[float, ...]) -> str:
     return f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
+def supervised_scores(records: List[dict], on: str = "test") -> Dict[float, List[float]]:
+    """Supervised nnU-Net's mean Dice over the regions per labeled fraction (all labels at 1.0), one value per seed;
+    ``on`` "validation" reads nnU-Net's fold validation Dice (what a choice is made on), "test" the held-out test
+    cases (what the table reports)."""
+    def score(r: dict) -> Optional[float]:
+        return r["mean"]["mean"]["dice"] if on == "test" else r.get("validation_dice")
+    values: Dict[float, List[float]] = {}
+    for r in records:
+        if r["method"] in ("nnunet", "nnunet-all") and score(r) is not None:
+            values.setdefault(r["labeled_fraction"], []).append(score(r))
+    return values
+
+
 def convergence_steps(records: List[dict], on: str = "test") -> List[tuple]:
     """Supervised nnU-Net must improve with every step in labels (fractions, then all labels) by more than twice
     the larger of the two steps' seed-to-seed standard deviations; otherwise the schedule has not converged far
     enough for labels, and so for unlabeled data, to matter. ``on`` "validation" checks nnU-Net's fold validation
     Dice (what a schedule is chosen on), "test" the held-out test cases (what the table reports). Returns
     (fraction before, after, mean before, mean after, step, 2 x std, met) per step."""
-    def score(r: dict) -> Optional[float]:
-        return r["mean"]["mean"]["dice"] if on == "test" else r.get("validation_dice")
-    points = [(r["labeled_fraction"], score(r)) for r in records if r["method"] in ("nnunet", "nnunet-all")
-              and score(r) is not None]
-    fractions = sorted({f for f, _ in points})
-    values = {f: [d for g, d in points if g == f] for f in fractions}
+    values = supervised_scores(records, on)
+    fractions = sorted(values)
     spread = {f: statistics.stdev(v) if len(v) > 1 else float("nan") for f, v in values.items()}
     steps = []
     for low, high in zip(fractions, fractions[1:]):
@@ -707,6 +716,47 @@ def convergence_check(records: List[dict], on: str = "test") -> List[str]:
         "some step in labels is within the seed spread, so this schedule cannot show what labels, or unlabeled "
         "data, add.")]
     return lines
+
+
+def headroom(records: List[dict], fraction: float, on: str = "validation") -> Optional[float]:
+    """How far supervised nnU-Net at ``fraction`` lies below nnU-Net on all labels (means over seeds). The target's
+    margin over supervised nnU-Net (``TARGET``) fits only where this is at least that margin: otherwise a row trained
+    with a fraction of the labels would have to beat nnU-Net trained on every label. None where either is missing."""
+    values = supervised_scores(records, on)
+    if fraction not in values or 1.0 not in values:
+        return None
+    return statistics.mean(values[1.0]) - statistics.mean(values[fraction])
+
+
+def headroom_met(records: List[dict], fraction: float, on: str = "validation") -> bool:
+    room = headroom(records, fraction, on)
+    return room is not None and room >= dict(TARGET)["nnunet"]
+
+
+def headroom_report(records: List[dict]) -> List[str]:
+    """The headroom at each target fraction as a section of results.md: where it is below the margin, no row can
+    meet the target there, whatever it is trained with."""
+    margin = dict(TARGET)["nnunet"]
+    rows = []
+    for fraction in TARGET_FRACTIONS:
+        cells = []
+        for on in ("validation", "test"):
+            room = headroom(records, fraction, on)
+            if room is None:
+                break
+            values = supervised_scores(records, on)
+            cells.append(f"{statistics.mean(values[fraction]):.3f} -> {statistics.mean(values[1.0]):.3f} | "
+                         f"{room:+.3f} | {'yes' if room >= margin else 'no'}")
+        if len(cells) == 2:
+            rows.append(f"| {fraction:.0%} | {len(supervised_scores(records)[fraction])} | " + " | ".join(cells)
+                        + " |")
+    if not rows:
+        return []
+    return ["", f"## Headroom: supervised nnU-Net's distance to all labels against the target's {margin:+.3f}", "",
+            "Supervised nnU-Net -> nnU-Net on all labels, mean Dice over WT / TC / ET (means over seeds); where the "
+            "step is below the margin, a row must beat nnU-Net trained on every label to meet the target.", "",
+            "| labeled | seeds | validation | headroom | room | test | headroom | room |",
+            "|---|---|---|---|---|---|---|---|"] + rows
 
 
 def paired_report(records: List[dict]) -> List[str]:
@@ -775,7 +825,7 @@ def target_report(records: List[dict]) -> List[str]:
 
 def markdown_report(records: List[dict]) -> str:
     """Methods x fractions, Dice and Sensitivity per region and their mean (mean ± std over seeds), the convergence
-    check, the target and the paired differences."""
+    check, the headroom, the target and the paired differences."""
     if not records:
         return "no finished runs yet\n"
     first = records[0]
@@ -810,8 +860,8 @@ def markdown_report(records: List[dict]) -> str:
         minutes = statistics.mean(r["train_seconds"] for r in group) / 60
         lines.append(f"| {fraction:.0%} | {group[0]['row']} | {labeled} | {row_seeds} | " + " | ".join(cells)
                      + f" | {minutes:.1f} |")
-    lines += (convergence_check(records, "validation") + convergence_check(records, "test") + target_report(records)
-              + paired_report(records))
+    lines += (convergence_check(records, "validation") + convergence_check(records, "test") + headroom_report(records)
+              + target_report(records) + paired_report(records))
     return "\n".join(lines) + "\n"
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
-    TableSetting, check_same_setting, convergence_met, fold_folder, load_records, markdown_report, method_options, \
-    paired_difference, parse_lr_multipliers, run_setting, trained_before_resume, table_runs, write_report
+    TableSetting, check_same_setting, convergence_met, fold_folder, headroom, headroom_met, load_records, \
+    markdown_report, method_options, paired_difference, parse_lr_multipliers, run_setting, trained_before_resume, \
+    table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -140,6 +141,23 @@ def test_convergence_check_needs_every_step_in_labels_above_twice_the_seed_sprea
     assert not convergence_met(table({0.01: [0.50, 0.60], 0.1: [0.58, 0.62]}), "test")
     assert not convergence_met(table({0.01: [0.50], 0.1: [0.70]}), "test")  # one seed cannot show it
     assert not convergence_met(table({0.01: [0.50, 0.52], 0.1: [0.70, 0.71]}), "validation")  # none recorded
+
+
+def test_headroom_is_the_step_from_supervised_nnunet_to_all_labels_and_gates_the_target_margin():
+    def record(fraction: float, seed: int, test: float, validation: float) -> dict:
+        return {**fake_record("nnunet-all" if fraction == 1 else "nnunet", fraction, seed, test),
+                "validation_dice": validation}
+    records = [record(f, s, d + s / 100, v + s / 100) for s in (0, 1)
+               for f, d, v in ((0.01, 0.60, 0.70), (0.05, 0.90, 0.93), (1.0, 0.95, 0.95))]
+    assert headroom(records, 0.01) == pytest.approx(0.25) and headroom(records, 0.05) == pytest.approx(0.02)
+    assert headroom(records, 0.05, "test") == pytest.approx(0.05)  # fake_record's mean region
+    assert headroom_met(records, 0.01) and not headroom_met(records, 0.05)  # decided on validation
+    assert headroom(records, 0.1) is None and not headroom_met(records, 0.1)
+    assert headroom([r for r in records if r["method"] == "nnunet"], 0.01) is None  # no bound yet
+    report = markdown_report(records)
+    assert "## Headroom" in report and "| 1% | 2 | 0.705 -> 0.955 | +0.250 | yes |" in report
+    assert "| 5% | 2 | 0.935 -> 0.955 | +0.020 | no | 0.935 -> 0.985 | +0.050 | yes |" in report
+    assert "## Headroom" not in markdown_report([r for r in records if r["labeled_fraction"] != 1.0])
 
 
 def test_table_runs_order_self_training_after_its_supervised_run_and_the_upper_bound_once_per_seed():
