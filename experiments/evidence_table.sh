@@ -32,8 +32,8 @@
 # no choices phase of its own); in WORKDIR/schedule_45_epochs, copied to schedule_45_epochs/ beside the table.
 # FRACTION (schedule45 only; 0.01 by default, or 0.05) is the labeled fraction it runs at. It trains supervised
 # nnU-Net and all labels for the 3 seeds first, and the other rows only where the step between them on the validation
-# cases leaves room for the target's 3-point margin (results_table.headroom_met); where it does not, no row can meet
-# the target at that fraction without beating nnU-Net on every label, and the phase stops there (exit 3).
+# cases leaves room for the target's margin (results_table.TARGET, checked by headroom_met); where it does not, no
+# row can meet the target at that fraction without beating nnU-Net on every label, and the phase stops there (exit 3).
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -174,7 +174,7 @@ if [ "$PHASE" = schedule45 ]; then  # the headroom first: the other rows cost ~3
     copy_results
     if ! python -c "import sys; from nnunet_mem_cif.results_table import headroom_met, load_records
 sys.exit(0 if headroom_met(load_records(sys.argv[1]), float(sys.argv[2])) else 3)" "$TABLE" "$FRACTION"; then
-        echo "at $FRACTION supervised nnU-Net is within the target's 3-point margin of nnU-Net on all labels on the" \
+        echo "at $FRACTION supervised nnU-Net is within the target's margin of nnU-Net on all labels on the" \
              "validation cases (see the headroom in $TARGET/results.md): no other row is trained at this fraction" >&2
         exit 3
     fi
