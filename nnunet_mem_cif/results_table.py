@@ -722,10 +722,16 @@ def headroom(records: List[dict], fraction: float, on: str = "validation") -> Op
     """How far supervised nnU-Net at ``fraction`` lies below nnU-Net on all labels (means over seeds). The target's
     margin over supervised nnU-Net (``TARGET``) fits only where this is at least that margin: otherwise a row trained
     with a fraction of the labels would have to beat nnU-Net trained on every label. None where either is missing."""
-    values = supervised_scores(records, on)
+    means = step_to_all_labels(supervised_scores(records, on), fraction)
+    return None if means is None else means[1] - means[0]
+
+
+def step_to_all_labels(values: Dict[float, List[float]], fraction: float) -> Optional[Tuple[float, float]]:
+    """Supervised nnU-Net's mean over seeds at ``fraction`` and on all labels, from ``supervised_scores``' values;
+    None where either is missing."""
     if fraction not in values or 1.0 not in values:
         return None
-    return statistics.mean(values[1.0]) - statistics.mean(values[fraction])
+    return statistics.mean(values[fraction]), statistics.mean(values[1.0])
 
 
 def leaves_room(step: float) -> bool:
@@ -746,13 +752,11 @@ def headroom_report(records: List[dict]) -> List[str]:
     scores = {on: supervised_scores(records, on) for on in ("validation", "test")}
     rows = []
     for fraction in TARGET_FRACTIONS:
-        if any(fraction not in values or 1.0 not in values for values in scores.values()):
+        means = [step_to_all_labels(values, fraction) for values in scores.values()]
+        if None in means:
             continue
-        cells = []
-        for values in scores.values():
-            before, after = statistics.mean(values[fraction]), statistics.mean(values[1.0])
-            cells.append(f"{before:.3f} -> {after:.3f} | {after - before:+.3f} | "
-                         f"{'yes' if leaves_room(after - before) else 'no'}")
+        cells = [f"{before:.3f} -> {after:.3f} | {after - before:+.3f} | "
+                 f"{'yes' if leaves_room(after - before) else 'no'}" for before, after in means]
         rows.append(f"| {fraction:.0%} | {len(scores['test'][fraction])} | " + " | ".join(cells) + " |")
     if not rows:
         return []
