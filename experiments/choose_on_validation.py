@@ -9,7 +9,11 @@ seed and a few validation cases a smaller difference is noise, and the default t
 (every candidate, its validation Dice and its paired difference to the default) and ``chosen.json`` (the chosen
 candidate and the table options that train it) into CHOICES_DIR; test Dice is not read.
 
-    python experiments/choose_on_validation.py CHOICES_DIR
+    python experiments/choose_on_validation.py CHOICES_DIR [--method METHOD --reference NAME]
+
+``--method`` chooses another row's setting the same way (its runs in the candidate folders; docs/results.md: Mean
+Teacher's consistency weight), and ``--reference`` names the candidate that stands unless beaten, where that is
+not the trainers' default (the setting a table already ran the row with).
 
 With ``--variants``, after the setting is chosen: the candidate changes to the method (docs/results.md: the
 enhancing-tumor diagnosis) trained with the chosen setting in CHOICES_DIR/variants (``--methods memcif-keep-t1ce
@@ -25,7 +29,7 @@ import sys
 from typing import Dict, List
 
 from nnunet_mem_cif.atomic import write_text_atomically
-from nnunet_mem_cif.results_table import Run, fold_folder, interval_text, load_records, method_options, \
+from nnunet_mem_cif.results_table import METHODS, Run, fold_folder, interval_text, load_records, method_options, \
     paired_difference
 
 DEFAULT = "default"
@@ -49,14 +53,14 @@ def runs_with_validation(output: str) -> List[dict]:
     return runs
 
 
-def candidates(choices_dir: str) -> Dict[str, List[dict]]:
-    """Candidate name -> its full-method runs, each with its per-case validation Dice under ``case_dice``."""
+def candidates(choices_dir: str, method: str = "memcif") -> Dict[str, List[dict]]:
+    """Candidate name -> its runs of ``method``, each with its per-case validation Dice under ``case_dice``."""
     found = {}
     for name in sorted(os.listdir(choices_dir)):
         output = os.path.join(choices_dir, name)
         if name == VARIANTS or not os.path.isdir(os.path.join(output, "runs")):
             continue
-        runs = [r for r in runs_with_validation(output) if r["method"] == "memcif"]
+        runs = [r for r in runs_with_validation(output) if r["method"] == method]
         for r in runs:
             r["method"] = name  # paired_difference pairs methods; here the candidates
         if runs:
@@ -109,34 +113,40 @@ def main() -> int:
     parser.add_argument("choices_dir")
     parser.add_argument("--variants", action="store_true",
                         help="choose among the candidate changes to the method in CHOICES_DIR/variants")
+    parser.add_argument("--method", choices=sorted(METHODS), default="memcif",
+                        help="the table row whose setting is chosen (default: memcif, the full method)")
+    parser.add_argument("--reference", default=DEFAULT,
+                        help=f"the candidate that stands unless another is better (default: {DEFAULT})")
     args = parser.parse_args()
     choices_dir = os.path.abspath(args.choices_dir)
     if args.variants:
         return choose_variant(choices_dir)
-    found = candidates(choices_dir)
-    if DEFAULT not in found:
-        parser.error(f"{choices_dir}/{DEFAULT} holds no finished full-method run: train the trainers' default "
-                     f"setting first (experiments/evidence_table.sh, phase choices)")
-    fractions = sorted({r["labeled_fraction"] for r in found[DEFAULT]})
+    found = candidates(choices_dir, args.method)
+    row, reference = METHODS[args.method].row, args.reference
+    named = "the default" if reference == DEFAULT else reference
+    if reference not in found:
+        parser.error(f"{choices_dir}/{reference} holds no finished {row} run: train it first "
+                     f"(experiments/evidence_table.sh, phase choices; docs/results.md)")
+    fractions = sorted({r["labeled_fraction"] for r in found[reference]})
     if len(fractions) != 1:
-        parser.error(f"the default's runs are at several labeled fractions ({fractions}); choose at one")
+        parser.error(f"{named}'s runs are at several labeled fractions ({fractions}); choose at one")
     fraction = fractions[0]
     records = [r for runs in found.values() for r in runs]
-    lines = [f"# Choices on nnU-Net's fold validation cases (full method, {fraction:.0%} labeled)", "",
+    lines = [f"# Choices on nnU-Net's fold validation cases ({row}, {fraction:.0%} labeled)", "",
              "| candidate | table options | seeds | validation cases | validation Dice (mean over regions) | "
-             "paired difference to the default [95 % CI] |", "|---|---|---|---|---|---|"]
-    chosen, best = DEFAULT, 0.0
+             f"paired difference to {named} [95 % CI] |", "|---|---|---|---|---|---|"]
+    chosen, best = reference, 0.0
     for name, runs in found.items():
         dice = mean_validation_dice(runs)
         cases = sum(len(r["case_dice"]) for r in runs)
-        difference = None if name == DEFAULT else paired_difference(records, name, DEFAULT, fraction)
+        difference = None if name == reference else paired_difference(records, name, reference, fraction)
         shown = "-" if difference is None else interval_text(difference)
         lines.append(f"| {name} | {' '.join(method_options(runs[0])) or '(trainers defaults)'} | "
                      f"{', '.join(str(r['seed']) for r in runs)} | {cases} | {dice:.3f} | {shown} |")
         if difference is not None and difference[1] > 0 and difference[0] > best:
             chosen, best = name, difference[0]
     options = method_options(found[chosen][0])
-    lines += ["", f"Chosen: **{chosen}** ({' '.join(options) or 'the trainers defaults'}): the default stands "
+    lines += ["", f"Chosen: **{chosen}** ({' '.join(options) or 'the trainers defaults'}): {named} stands "
                   f"unless a candidate is better with a 95 % interval above 0. Test cases were not read."]
     write_text_atomically(os.path.join(choices_dir, "choices.md"), lambda f: f.write("\n".join(lines) + "\n"))
     write_text_atomically(os.path.join(choices_dir, "chosen.json"),

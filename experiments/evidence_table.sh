@@ -34,6 +34,10 @@
 # nnU-Net and all labels for the 3 seeds first, and the other rows only where the step between them on the validation
 # cases leaves room for the target's margin (results_table.TARGET, checked by headroom_met); where it does not, no
 # row can meet the target at that fraction without beating nnU-Net on every label, and the phase stops there (exit 3).
+# PHASE "teacher-weight", after schedule45's seed 1 in the same WORKDIR: Mean Teacher ran there at the full method's
+# consistency weight (10); this trains it at the trainers' default (1) and at 3 (1 %, seed 1, 45 x 40) and chooses
+# on the fold validation cases (choose_on_validation.py --method mean-teacher; 10 stands unless beaten), in
+# WORKDIR/mean_teacher_choices, copied to schedule_45_epochs/mean_teacher_choices/.
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -44,8 +48,9 @@ PHASE="${2:-all}"
 VARIATION="${3:-1}"
 FRACTION="${4:-0.01}"
 case "$PHASE" in
-    all|convergence|choices|table|unseen|schedule45) ;;
-    *) echo "PHASE must be all, convergence, choices, table, unseen or schedule45, got $PHASE" >&2; exit 2 ;;
+    all|convergence|choices|table|unseen|schedule45|teacher-weight) ;;
+    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45 or teacher-weight, got $PHASE" >&2
+       exit 2 ;;
 esac
 case "$VARIATION" in  # the table's cases and ids: the first table's (variation 1) or the second's
     1) CASES=130 TEST_FRACTION=0.2308 IDS=(992 993) NAMES=(EvidenceTable EvidenceUnseen) TARGET=evidence_table ;;
@@ -69,8 +74,14 @@ else
     DATA="$WORKDIR" DATASET_ID=${IDS[0]} DATASET=${NAMES[0]} PHANTOM_SEED=0
 fi
 TABLE="$DATA/table" EPOCHS=15
-if [ "$PHASE" = schedule45 ]; then
+if [ "$PHASE" = schedule45 ] || [ "$PHASE" = teacher-weight ]; then
     TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45
+fi
+TEACHER="$WORKDIR/mean_teacher_choices" RUN=runs/mean-teacher/fraction0.01_seed1  # phase teacher-weight
+if [ "$PHASE" = teacher-weight ] && [ ! -d "$TABLE/$RUN/nnUNet_results" ]; then
+    echo "$TABLE/$RUN holds no trained model, whose validation cases the choice compares: run the schedule45" \
+         "phase's seed 1 in $WORKDIR first" >&2
+    exit 2
 fi
 export nnUNet_raw="$DATA/nnUNet_raw" nnUNet_preprocessed="$DATA/nnUNet_preprocessed"
 export nnUNet_results="$DATA/nnUNet_results"
@@ -101,6 +112,22 @@ restore() {  # FROM TO: every run.json / metrics.json / chosen.json under FROM t
 restore "$COMMITTED/choices" "$CHOICES"
 [ -e "$CHOICES/chosen.json" ] || [ ! -e "$COMMITTED/chosen.json" ] || cp "$COMMITTED/chosen.json" "$CHOICES/"
 restore "$TARGET/runs" "$TABLE/runs"
+if [ "$PHASE" = teacher-weight ]; then
+    # Mean Teacher's own weight against the full method's, which schedule45 ran it with: the trainers' default and 3
+    [ -e "$TEACHER/weight-10/$RUN" ] || { mkdir -p "$TEACHER/weight-10/runs/mean-teacher" &&
+                                           cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"; }
+    for candidate in "default=" "weight-3=--consistency-weight 3"; do
+        # shellcheck disable=SC2086  # the options are words
+        nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$TEACHER/${candidate%%=*}" \
+            --methods mean-teacher --fractions 0.01 --seeds 1 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
+    done
+    python "$HERE/choose_on_validation.py" "$TEACHER" --method mean-teacher --reference weight-10
+    mkdir -p "$TARGET/mean_teacher_choices"
+    cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$TARGET/mean_teacher_choices"/
+    (cd "$TEACHER" && find default weight-3 \( -name run.json -o -name metrics.json \) \
+        -exec cp --parents {} "$TARGET/mean_teacher_choices"/ \;)
+    exit 0
+fi
 if [ "$PHASE" = all ]; then
     bash "$(realpath "$0")" "$WORKDIR" convergence "$VARIATION"
     if ! python -c "import sys; from nnunet_mem_cif.results_table import convergence_met, load_records

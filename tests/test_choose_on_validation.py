@@ -78,3 +78,20 @@ def test_the_change_to_the_method_with_the_higher_validation_dice_joins_the_tabl
     # paired against the chosen setting's full-method run, not the default's
     assert "| memcif-mask-t1ce | 0 | 6 | 0.640 | -0.010 [-0.010, -0.010] |" in report
     assert choose(tmp_path)["candidate"] == "weight-0.3"  # the variants' folder is no setting candidate
+
+
+def test_another_rows_setting_is_chosen_against_the_setting_the_table_ran_it_with(tmp_path):
+    base = [0.5, 0.6, 0.7, 0.55, 0.65, 0.6]
+    write_candidate(tmp_path, "weight-10", base, test_dice=0.9, method="mean-teacher", consistency_weight=10.0)
+    write_candidate(tmp_path, "default", [d + 0.03 for d in base], test_dice=0.1, method="mean-teacher")
+    # the full method's run is no candidate for Mean Teacher, however good
+    write_candidate(tmp_path, "weight-3", [d + 0.2 for d in base], test_dice=0.1, consistency_weight=3.0)
+    command = [sys.executable, str(SCRIPT), str(tmp_path), "--method", "mean-teacher"]
+    assert subprocess.run(command + ["--reference", "weight-1"], capture_output=True, text=True).returncode != 0
+    result = subprocess.run(command + ["--reference", "weight-10"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "chosen.json").read_text()) == {"candidate": "default", "table_options": []}
+    report = (tmp_path / "choices.md").read_text()
+    assert report.startswith("# Choices on nnU-Net's fold validation cases (Mean Teacher, 1% labeled)")
+    assert "paired difference to weight-10" in report and "| weight-3 |" not in report
+    assert "| default | (trainers defaults) | 0 | 6 | 0.630 | +0.030 [+0.030, +0.030] |" in report
