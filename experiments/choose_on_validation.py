@@ -126,7 +126,7 @@ def main() -> int:
     named = "the default" if reference == DEFAULT else reference
     if reference not in found:
         parser.error(f"{choices_dir}/{reference} holds no finished {row} run: train it first "
-                     f"(experiments/evidence_table.sh, phase choices or teacher-weight)")
+                     f"(experiments/evidence_table.sh, phase choices, teacher-weight or teacher-weight-30)")
     fractions = sorted({r["labeled_fraction"] for r in found[reference]})
     if len(fractions) != 1:
         parser.error(f"{named}'s runs are at several labeled fractions ({fractions}); choose at one")

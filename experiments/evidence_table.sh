@@ -34,10 +34,13 @@
 # nnU-Net and all labels for the 3 seeds first, and the other rows only where the step between them on the validation
 # cases leaves room for the target's margin (results_table.TARGET, checked by headroom_met); where it does not, no
 # row can meet the target at that fraction without beating nnU-Net on every label, and the phase stops there (exit 3).
-# PHASE "teacher-weight", after schedule45's seed 1 in the same WORKDIR: Mean Teacher ran there at the full method's
-# consistency weight (10); this trains it at the trainers' default (1) and at 3 (1 %, seed 1, 45 x 40) and chooses
-# on the fold validation cases (choose_on_validation.py --method mean-teacher; 10 stands unless beaten), in
-# WORKDIR/mean_teacher_choices, copied to schedule_45_epochs/mean_teacher_choices/.
+# PHASE "teacher-weight": schedule45 ran Mean Teacher at the full method's consistency weight (10); this trains it
+# at the trainers' default (1) and at 3 (1 %, seed 1, 45 x 40) and chooses on the fold validation cases
+# (choose_on_validation.py --method mean-teacher; 10 stands unless beaten), in WORKDIR/mean_teacher_choices, copied
+# to schedule_45_epochs/mean_teacher_choices/. PHASE "teacher-weight-30" does the same for 30, the next value past
+# 10, which came out highest (a best value at a grid's edge says nothing about the values beyond it), in
+# mean_teacher_choices_30/. The reference, weight 10, is schedule45's seed-1 run where WORKDIR holds its model, and
+# is otherwise trained again beside the candidates (same data, setting and seed; its records are then copied too).
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -48,8 +51,9 @@ PHASE="${2:-all}"
 VARIATION="${3:-1}"
 FRACTION="${4:-0.01}"
 case "$PHASE" in
-    all|convergence|choices|table|unseen|schedule45|teacher-weight) ;;
-    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45 or teacher-weight, got $PHASE" >&2
+    all|convergence|choices|table|unseen|schedule45|teacher-weight|teacher-weight-30) ;;
+    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45, teacher-weight or teacher-weight-30," \
+            "got $PHASE" >&2
        exit 2 ;;
 esac
 case "$VARIATION" in  # the table's cases and ids: the first table's (variation 1) or the second's
@@ -74,15 +78,9 @@ else
     DATA="$WORKDIR" DATASET_ID=${IDS[0]} DATASET=${NAMES[0]} PHANTOM_SEED=0
 fi
 TABLE="$DATA/table" EPOCHS=15
-if [ "$PHASE" = schedule45 ] || [ "$PHASE" = teacher-weight ]; then
-    TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45
-fi
-TEACHER="$WORKDIR/mean_teacher_choices" RUN=runs/mean-teacher/fraction0.01_seed1  # phase teacher-weight
-if [ "$PHASE" = teacher-weight ] && [ ! -d "$TABLE/$RUN/nnUNet_results" ]; then
-    echo "$TABLE/$RUN holds no trained model, whose validation cases the choice compares: run the schedule45" \
-         "phase's seed 1 in $WORKDIR first" >&2
-    exit 2
-fi
+case "$PHASE" in
+    schedule45|teacher-weight*) TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45 ;;
+esac
 export nnUNet_raw="$DATA/nnUNet_raw" nnUNet_preprocessed="$DATA/nnUNet_preprocessed"
 export nnUNet_results="$DATA/nnUNet_results"
 export nnUNet_compile="${nnUNet_compile:-0}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
@@ -112,20 +110,36 @@ restore() {  # FROM TO: every run.json / metrics.json / chosen.json under FROM t
 restore "$COMMITTED/choices" "$CHOICES"
 [ -e "$CHOICES/chosen.json" ] || [ ! -e "$COMMITTED/chosen.json" ] || cp "$COMMITTED/chosen.json" "$CHOICES/"
 restore "$TARGET/runs" "$TABLE/runs"
-if [ "$PHASE" = teacher-weight ]; then
-    # Mean Teacher's own weight against the full method's, which schedule45 ran it with: the trainers' default and 3
-    [ -e "$TEACHER/weight-10/$RUN" ] || { mkdir -p "$TEACHER/weight-10/runs/mean-teacher" &&
-                                           cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"; }
-    for candidate in "default=" "weight-3=--consistency-weight 3"; do
+# the choices' candidates: one table output folder DIR/NAME per candidate "NAME=OPTIONS" (1 % labeled)
+train_candidates() {  # DIR METHOD SEED CANDIDATE...
+    local dir=$1 method=$2 seed=$3 candidate
+    shift 3
+    for candidate in "$@"; do
         # shellcheck disable=SC2086  # the options are words
-        nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$TEACHER/${candidate%%=*}" \
-            --methods mean-teacher --fractions 0.01 --seeds 1 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
+        nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$dir/${candidate%%=*}" --methods "$method" \
+            --fractions 0.01 --seeds "$seed" "${SCHEDULE[@]}" --device cpu ${candidate#*=}
     done
+}
+copy_records() {  # FROM TO PATH...: every run.json / metrics.json under FROM/PATH, to the same path under TO
+    mkdir -p "$2"
+    (cd "$1" && find "${@:3}" \( -name run.json -o -name metrics.json \) -exec cp --parents {} "$2"/ \;)
+}
+case "$PHASE" in  # Mean Teacher's own weight against the full method's, which schedule45 ran it with
+    teacher-weight) TEACHER="$WORKDIR/mean_teacher_choices" CANDIDATES=("default=" "weight-3=--consistency-weight 3") ;;
+    teacher-weight-30) TEACHER="$WORKDIR/mean_teacher_choices_30" CANDIDATES=("weight-30=--consistency-weight 30") ;;
+esac
+if [ -n "${TEACHER:-}" ]; then
+    RUN=runs/mean-teacher/fraction0.01_seed1
+    if [ ! -e "$TEACHER/weight-10/$RUN" ] && [ -d "$TABLE/$RUN/nnUNet_results" ]; then
+        mkdir -p "$TEACHER/weight-10/runs/mean-teacher" && cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"
+    fi
+    train_candidates "$TEACHER" mean-teacher 1 "weight-10=--consistency-weight 10" "${CANDIDATES[@]}"
     python "$HERE/choose_on_validation.py" "$TEACHER" --method mean-teacher --reference weight-10
-    mkdir -p "$TARGET/mean_teacher_choices"
-    cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$TARGET/mean_teacher_choices"/
-    (cd "$TEACHER" && find default weight-3 \( -name run.json -o -name metrics.json \) \
-        -exec cp --parents {} "$TARGET/mean_teacher_choices"/ \;)
+    OUT="$TARGET/$(basename "$TEACHER")" COMMIT=("${CANDIDATES[@]%%=*}")
+    # the reference's records too where it was trained here: the table's own run is committed with the table
+    cmp -s "$TEACHER/weight-10/$RUN/run.json" "$TABLE/$RUN/run.json" || COMMIT+=(weight-10)
+    mkdir -p "$OUT" && cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$OUT"/
+    copy_records "$TEACHER" "$OUT" "${COMMIT[@]}"
     exit 0
 fi
 if [ "$PHASE" = all ]; then
@@ -151,11 +165,7 @@ if [ "$PHASE" = choices ]; then
     # value at a grid's edge says nothing about the values beyond it
     CANDIDATES=("default=" "weight-0.3=--consistency-weight 0.3" "weight-3=--consistency-weight 3"
                 "lr-1=--lr-multipliers 1:1" "weight-10=--consistency-weight 10")
-    for candidate in "${CANDIDATES[@]}"; do
-        # shellcheck disable=SC2086  # the options are words
-        nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$CHOICES/${candidate%%=*}" --methods memcif \
-            --fractions 0.01 --seeds 0 "${SCHEDULE[@]}" --device cpu ${candidate#*=}
-    done
+    train_candidates "$CHOICES" memcif 0 "${CANDIDATES[@]}"
     python "$HERE/choose_on_validation.py" "$CHOICES"
     read -ra OPTIONS <<< "$(chosen table_options)"
     VARIANTS=(memcif-keep-t1ce memcif-mask-t1ce)
@@ -191,9 +201,8 @@ case "$PHASE" in
 esac
 
 copy_results() {
-    mkdir -p "$TARGET"
+    copy_records "$TABLE" "$TARGET" runs
     cp "$TABLE"/results.md "$TABLE"/results.csv "$TABLE"/results.png "$TARGET"/
-    (cd "$TABLE" && find runs \( -name run.json -o -name metrics.json \) -exec cp --parents {} "$TARGET"/ \;)
 }
 if [ "$PHASE" = schedule45 ]; then  # the headroom first: the other rows cost ~3 h a seed
     nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$TABLE" --methods nnunet nnunet-all \
