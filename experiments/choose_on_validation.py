@@ -30,26 +30,32 @@ from typing import Dict, List
 
 from nnunet_mem_cif.atomic import write_text_atomically
 from nnunet_mem_cif.results_table import METHODS, Run, fold_folder, interval_text, load_records, method_options, \
-    paired_difference
+    paired_difference, validation_case_dice
 
 DEFAULT = "default"
 VARIANTS = "variants"  # the folder of the candidate changes to the method, not a setting candidate
 
 
-def validation_case_dice(record: dict, run_dir: str) -> Dict[str, Dict[str, float]]:
-    """Per validation case the mean Dice over nnU-Net's evaluated regions, from its fold validation summary.json."""
-    fold = fold_folder(run_dir, record["dataset"], record["trainer"], record["fold"], record["configuration"])
-    with open(os.path.join(fold, "validation", "summary.json")) as f:
-        cases = json.load(f)["metric_per_case"]
-    return {os.path.basename(c["reference_file"]): {"mean": statistics.mean(m["Dice"] for m in c["metrics"].values())}
-            for c in cases}
+def validation_dice_of(record: dict, run_dir: str) -> Dict[str, Dict[str, float]]:
+    """Per validation case the mean Dice over nnU-Net's evaluated regions: from run.json, or for a run recorded
+    before run.json kept it, from nnU-Net's fold validation summary.json in the run's folder."""
+    dice = record.get("validation_case_dice")
+    if dice is None:
+        fold = fold_folder(run_dir, record["dataset"], record["trainer"], record["fold"], record["configuration"])
+        summary = os.path.join(fold, "validation", "summary.json")
+        if not os.path.isfile(summary):
+            sys.exit(f"{run_dir}/run.json has no per-case validation Dice (recorded before it was kept) and "
+                     f"{summary} is not there: train the run again on this machine")
+        with open(summary) as f:
+            dice = validation_case_dice(json.load(f))
+    return {case: {"mean": value} for case, value in dice.items()}
 
 
 def runs_with_validation(output: str) -> List[dict]:
     """The finished runs of one table output folder, each with its per-case validation Dice under ``case_dice``."""
     runs = load_records(output)
     for r in runs:
-        r["case_dice"] = validation_case_dice(r, Run.of_record(r).folder(output))
+        r["case_dice"] = validation_dice_of(r, Run.of_record(r).folder(output))
     return runs
 
 
@@ -126,7 +132,7 @@ def main() -> int:
     named = "the default" if reference == DEFAULT else reference
     if reference not in found:
         parser.error(f"{choices_dir}/{reference} holds no finished {row} run: train it first "
-                     f"(experiments/evidence_table.sh, phase choices, teacher-weight or teacher-weight-30)")
+                     f"(experiments/evidence_table.sh, the phase that trains these candidates)")
     fractions = sorted({r["labeled_fraction"] for r in found[reference]})
     if len(fractions) != 1:
         parser.error(f"{named}'s runs are at several labeled fractions ({fractions}); choose at one")

@@ -41,6 +41,9 @@
 # 10, which came out highest (a best value at a grid's edge says nothing about the values beyond it), in
 # mean_teacher_choices_30/. The reference, weight 10, is schedule45's seed-1 run where WORKDIR holds its model, and
 # is otherwise trained again beside the candidates (same data, setting and seed; its records are then copied too).
+# PHASE "retrain" trains that reference once more (in WORKDIR/retrains/retrain-K, K one past the finished ones,
+# committed ones included), copies its records to schedule_45_epochs/retrains/ and writes training_noise.md there
+# (experiments/training_noise.py): every training of this one setting so far, and how far they differ.
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -51,9 +54,9 @@ PHASE="${2:-all}"
 VARIATION="${3:-1}"
 FRACTION="${4:-0.01}"
 case "$PHASE" in
-    all|convergence|choices|table|unseen|schedule45|teacher-weight|teacher-weight-30) ;;
-    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45, teacher-weight or teacher-weight-30," \
-            "got $PHASE" >&2
+    all|convergence|choices|table|unseen|schedule45|teacher-weight|teacher-weight-30|retrain) ;;
+    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45, teacher-weight, teacher-weight-30" \
+            "or retrain, got $PHASE" >&2
        exit 2 ;;
 esac
 case "$VARIATION" in  # the table's cases and ids: the first table's (variation 1) or the second's
@@ -79,8 +82,15 @@ else
 fi
 TABLE="$DATA/table" EPOCHS=15
 case "$PHASE" in
-    schedule45|teacher-weight*) TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45 ;;
+    schedule45|teacher-weight*|retrain)
+        TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45 ;;
 esac
+RUN=runs/mean-teacher/fraction0.01_seed1  # schedule45's seed-1 Mean Teacher run: the teacher phases' reference
+if [ "$PHASE" = retrain ] && [ ! -e "$TARGET/$RUN/run.json" ]; then
+    echo "$TARGET/$RUN/run.json not found: the schedule45 phase's seed-1 Mean Teacher run is what is trained again;" \
+         "run that phase (with this VARIATION) first" >&2
+    exit 2
+fi
 export nnUNet_raw="$DATA/nnUNet_raw" nnUNet_preprocessed="$DATA/nnUNet_preprocessed"
 export nnUNet_results="$DATA/nnUNet_results"
 export nnUNet_compile="${nnUNet_compile:-0}" nnUNet_n_proc_DA="${nnUNet_n_proc_DA:-1}"
@@ -125,23 +135,38 @@ copy_records() {  # FROM TO PATH...: every run.json / metrics.json under FROM/PA
     (cd "$1" && find "${@:3}" \( -name run.json -o -name metrics.json \) -exec cp --parents {} "$2"/ \;)
 }
 case "$PHASE" in  # Mean Teacher's own weight against the full method's, which schedule45 ran it with
-    teacher-weight) TEACHER="$WORKDIR/mean_teacher_choices" CANDIDATES=("default=" "weight-3=--consistency-weight 3") ;;
-    teacher-weight-30) TEACHER="$WORKDIR/mean_teacher_choices_30" CANDIDATES=("weight-30=--consistency-weight 30") ;;
+    teacher-weight*)
+        if [ "$PHASE" = teacher-weight ]; then
+            TEACHER="$WORKDIR/mean_teacher_choices" CANDIDATES=("default=" "weight-3=--consistency-weight 3")
+        else
+            TEACHER="$WORKDIR/mean_teacher_choices_30" CANDIDATES=("weight-30=--consistency-weight 30")
+        fi
+        if [ ! -e "$TEACHER/weight-10/$RUN" ] && [ -d "$TABLE/$RUN/nnUNet_results" ]; then
+            mkdir -p "$TEACHER/weight-10/runs/mean-teacher" && cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"
+        fi
+        train_candidates "$TEACHER" mean-teacher 1 "weight-10=--consistency-weight 10" "${CANDIDATES[@]}"
+        python "$HERE/choose_on_validation.py" "$TEACHER" --method mean-teacher --reference weight-10
+        OUT="$TARGET/$(basename "$TEACHER")" COMMIT=("${CANDIDATES[@]%%=*}")
+        # the reference's records too where it was trained here: the table's own run is committed with the table
+        cmp -s "$TEACHER/weight-10/$RUN/run.json" "$TABLE/$RUN/run.json" || COMMIT+=(weight-10)
+        mkdir -p "$OUT" && cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$OUT"/
+        copy_records "$TEACHER" "$OUT" "${COMMIT[@]}"
+        exit 0 ;;
+    retrain)  # one more training of the reference, in the first retrains/retrain-K without a finished run
+        RETRAINS="$WORKDIR/retrains" OUT="$TARGET/retrains"
+        restore "$OUT" "$RETRAINS"
+        K=1
+        while [ -e "$RETRAINS/retrain-$K/$RUN/run.json" ]; do K=$((K + 1)); done
+        train_candidates "$RETRAINS" mean-teacher 1 "retrain-$K=--consistency-weight 10"
+        copy_records "$RETRAINS" "$OUT" "retrain-$K"
+        TRAININGS=("table=$TARGET/$RUN")
+        for phase in mean_teacher_choices mean_teacher_choices_30; do  # where a teacher phase trained it again
+            [ ! -e "$TARGET/$phase/weight-10/$RUN/run.json" ] || TRAININGS+=("$phase=$TARGET/$phase/weight-10/$RUN")
+        done
+        for k in $(seq 1 "$K"); do TRAININGS+=("retrain-$k=$OUT/retrain-$k/$RUN"); done
+        python "$HERE/training_noise.py" "$OUT/training_noise.md" "${TRAININGS[@]}"
+        exit 0 ;;
 esac
-if [ -n "${TEACHER:-}" ]; then
-    RUN=runs/mean-teacher/fraction0.01_seed1
-    if [ ! -e "$TEACHER/weight-10/$RUN" ] && [ -d "$TABLE/$RUN/nnUNet_results" ]; then
-        mkdir -p "$TEACHER/weight-10/runs/mean-teacher" && cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"
-    fi
-    train_candidates "$TEACHER" mean-teacher 1 "weight-10=--consistency-weight 10" "${CANDIDATES[@]}"
-    python "$HERE/choose_on_validation.py" "$TEACHER" --method mean-teacher --reference weight-10
-    OUT="$TARGET/$(basename "$TEACHER")" COMMIT=("${CANDIDATES[@]%%=*}")
-    # the reference's records too where it was trained here: the table's own run is committed with the table
-    cmp -s "$TEACHER/weight-10/$RUN/run.json" "$TABLE/$RUN/run.json" || COMMIT+=(weight-10)
-    mkdir -p "$OUT" && cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$OUT"/
-    copy_records "$TEACHER" "$OUT" "${COMMIT[@]}"
-    exit 0
-fi
 if [ "$PHASE" = all ]; then
     bash "$(realpath "$0")" "$WORKDIR" convergence "$VARIATION"
     if ! python -c "import sys; from nnunet_mem_cif.results_table import convergence_met, load_records

@@ -2,11 +2,11 @@
 
 For every seed, labeled fraction and method: ``nnUNetv2_train`` (the method's ``*_table`` trainer, same fold),
 ``nnUNetv2_predict`` on the dataset's ``imagesTs``, evaluation against ``labelsTs``, and a ``run.json`` with the
-metrics, the labeled cases, schedule, seed, versions and wall times; per-case metrics are kept in the run's
-``metrics.json``. Self-training (nnU-Net's advice for unlabeled data) takes the supervised run of its fraction and
-seed, predicts the hidden-label cases with ``nnUNetv2_predict``, preprocesses those predictions as nnU-Net
-preprocesses labels, and trains ``nnUNetTrainer`` again on both. The upper bound trains nnU-Net on all of the fold's
-labels, once per seed. Each run has its own ``nnUNet_results`` under
+metrics, nnU-Net's fold validation Dice (mean and per case), the labeled cases, schedule, seed, versions and wall
+times; per-case test metrics are kept in the run's ``metrics.json``. Self-training (nnU-Net's advice for unlabeled
+data) takes the supervised run of its fraction and seed, predicts the hidden-label cases with ``nnUNetv2_predict``,
+preprocesses those predictions as nnU-Net preprocesses labels, and trains ``nnUNetTrainer`` again on both. The upper
+bound trains nnU-Net on all of the fold's labels, once per seed. Each run has its own ``nnUNet_results`` under
 ``OUTPUT/runs/``, so runs never overwrite each other; a run with a ``run.json`` is done and skipped, an interrupted
 one resumes from its last checkpoint (``--c``). ``results.md``, ``results.csv`` and ``results.png`` are written
 from all finished runs at the end (and by ``--report-only``).
@@ -466,6 +466,8 @@ def run_one(run: Run, step: str, table: TableSetting) -> dict:
               # what settings are chosen on (never the test cases): mean Dice over the regions, fold validation
               "validation_dice": validation["foreground_mean"]["Dice"],
               "validation_cases": len(validation["metric_per_case"]),
+              # per case too: a choice can then be made again from the committed records, without the run's folder
+              "validation_case_dice": validation_case_dice(validation),
               # self-training: both trainings and the pseudo-labelling between them
               "train_seconds": round(train_seconds + sum(stages.values()), 1),
               **({"resumed_after_seconds": round(seconds_before, 1)} if seconds_before else {}),
@@ -596,6 +598,13 @@ def pseudo_label(run: Run, title: str, table: TableSetting) -> Tuple[str, Dict[s
         write_text_atomically(os.path.join(run_dir, "pseudo_label_seconds.json"),
                               lambda f: json.dump({k: v for k, v in stages.items() if k != "first_training"}, f))
     return target, stages, trained_here
+
+
+def validation_case_dice(summary: dict) -> Dict[str, float]:
+    """Per fold validation case the mean Dice over nnU-Net's evaluated regions, from nnU-Net's validation
+    summary.json: what a setting is chosen on (experiments/choose_on_validation.py)."""
+    return {os.path.basename(c["reference_file"]): statistics.mean(m["Dice"] for m in c["metrics"].values())
+            for c in summary["metric_per_case"]}
 
 
 # ---------------------------------------------------------------------------------------------- the table

@@ -1,30 +1,36 @@
 """experiments/choose_on_validation.py: settings are chosen on nnU-Net's fold validation cases, the default stands
 unless a candidate is better with a paired interval above 0, and the test cases are never read."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from nnunet_mem_cif.results_table import fold_folder
+from nnunet_mem_cif.results_table import fold_folder, validation_case_dice
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "choose_on_validation.py"
 DATASET, TRAINER = "Dataset992_X", "MemCifSemiTrainer_table"
 
 
 def write_candidate(choices: Path, name: str, validation_dice: list, test_dice: float, method: str = "memcif",
-                    **setting) -> None:
+                    committed: bool = False, **setting) -> None:
     """A finished run (by default of the full method) as the table writes it: run.json, nnU-Net's validation
-    summary, test metrics."""
+    summary, test metrics. ``committed``: only what is committed of it, run.json (with its per-case validation
+    Dice) and metrics.json."""
     run_dir = choices / name / "runs" / method / "fraction0.01_seed0"
-    record = {"method": method, "labeled_fraction": 0.01, "seed": 0, "dataset": DATASET, "trainer": TRAINER,
-              "fold": 0, "configuration": "2d", **setting}
-    validation = Path(fold_folder(str(run_dir), DATASET, TRAINER, 0, "2d")) / "validation"
-    validation.mkdir(parents=True)
-    (run_dir / "run.json").write_text(json.dumps(record))
     cases = [{"reference_file": f"/gt/case_{i}.nii.gz", "metrics": {"(1, 2, 3)": {"Dice": d}, "(2, 3)": {"Dice": d},
                                                                     "3": {"Dice": d}}}
              for i, d in enumerate(validation_dice)]
-    (validation / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    record = {"method": method, "labeled_fraction": 0.01, "seed": 0, "dataset": DATASET, "trainer": TRAINER,
+              "fold": 0, "configuration": "2d", **setting}
+    if committed:
+        record["validation_case_dice"] = validation_case_dice({"metric_per_case": cases})
+        run_dir.mkdir(parents=True)
+    else:
+        validation = Path(fold_folder(str(run_dir), DATASET, TRAINER, 0, "2d")) / "validation"
+        validation.mkdir(parents=True)
+        (validation / "summary.json").write_text(json.dumps({"metric_per_case": cases}))
+    (run_dir / "run.json").write_text(json.dumps(record))
     # a test score that would reverse the choice if it were read
     metrics = {"cases": {f"t{i}": {r: {"dice": test_dice} for r in ("whole_tumor", "tumor_core", "enhancing_tumor")}
                          for i in range(3)}}
@@ -95,3 +101,18 @@ def test_another_rows_setting_is_chosen_against_the_setting_the_table_ran_it_wit
     assert report.startswith("# Choices on nnU-Net's fold validation cases (Mean Teacher, 1% labeled)")
     assert "paired difference to weight-10" in report and "| weight-3 |" not in report
     assert "| default | (trainers defaults) | 0 | 6 | 0.630 | +0.030 [+0.030, +0.030] |" in report
+
+
+def test_a_choice_is_made_again_from_committed_records_and_an_old_record_without_its_folder_is_refused(tmp_path):
+    base = [0.5, 0.6, 0.7, 0.55, 0.65, 0.6]
+    # the reference only as committed (no nnU-Net folder), the candidate with its folder: they pair case by case
+    write_candidate(tmp_path, "default", base, test_dice=0.9, committed=True)
+    write_candidate(tmp_path, "weight-3", [d + 0.05 for d in base], test_dice=0.1, consistency_weight=3.0)
+    assert choose(tmp_path)["candidate"] == "weight-3"
+    assert "| default | (trainers defaults) | 0 | 6 | 0.600 | - |" in (tmp_path / "choices.md").read_text()
+    # a record from before run.json kept per-case validation Dice, without the run's folder: nothing to choose on
+    old = tmp_path / "weight-3" / "runs" / "memcif" / "fraction0.01_seed0"
+    shutil.rmtree(old / "nnUNet_results")
+    result = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{old}/run.json has no per-case validation Dice" in result.stderr and "train the run again" in result.stderr

@@ -246,6 +246,8 @@ def test_table_command_trains_every_method_through_nnunet_and_resumes(workspace,
         assert r["test_cases"] == ["test_000", "test_001"] and r["epochs"] == 1 and r["seed"] == 3
         assert 0 <= r["mean"]["mean"]["dice"] <= 1 and r["versions"]["nnunetv2"].startswith("2.8")
         assert set(r["case_dice"]) == {"test_000", "test_001"}  # per-case metrics kept for the paired report
+        # and per validation case, so that a choice can be made again from the committed run.json
+        assert len(r["validation_case_dice"]) == r["validation_cases"] > 0
         log = (output / "runs" / r["method"] / f"fraction{r['labeled_fraction']:g}_seed3" / "train.log").read_text()
         assert f"-tr {r['trainer']}" in log and log.count("Epoch time:") == 1
         assert bool(re.search(r"SSL: supervised loss", log)) == METHODS[r["method"]].unlabeled

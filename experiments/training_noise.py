@@ -1,0 +1,100 @@
+"""How far training one setting again moves its Dice (docs/results.md, "Weight 30, and what re-training alone
+moves"): the trainings of one setting on the same data with the same seed differ, because CPU training is not
+bit-reproducible (nnU-Net's augmentation workers are not deterministic). The report gives each training's
+validation and test Dice, their spread over the trainings, and every pair's paired difference over the test cases:
+the interval a comparison of one run against one run shows where nothing but the training differs. A margin
+between two rows of the table is read against it (phase "retrain" of experiments/evidence_table.sh).
+
+    python experiments/training_noise.py REPORT NAME=RUN_DIR NAME=RUN_DIR [NAME=RUN_DIR ...]
+
+Each RUN_DIR is a finished table run's folder (its run.json and metrics.json are all that is read); all of them
+must be one setting: same row, options, labeled cases, seed, schedule and test cases. Writes REPORT (markdown).
+"""
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+from typing import List
+
+from nnunet_mem_cif.atomic import write_text_atomically
+from nnunet_mem_cif.results_table import REGION_SHORT, REGIONS, case_dice, interval_text, method_options, \
+    paired_difference
+
+# what makes two runs one setting: the rest of run.json (times, versions, command, scores) may differ
+SAME = ("method", "labeled_fraction", "seed", "epochs", "iterations_per_epoch", "batch_size", "labeled_cases",
+        "test_cases", "dataset", "configuration", "fold")
+
+
+def load_training(name: str, run_dir: str) -> dict:
+    record_file = os.path.join(run_dir, "run.json")
+    if not os.path.isfile(record_file) or not case_dice(run_dir):
+        sys.exit(f"{run_dir}: no finished table run (run.json and metrics.json): give a run folder the table wrote")
+    with open(record_file) as f:
+        record = json.load(f)
+    return {**record, "name": name, "folder": run_dir, "case_dice": case_dice(run_dir)}
+
+
+def check_one_setting(trainings: List[dict]) -> None:
+    first = trainings[0]
+    for t in trainings[1:]:
+        differing = [k for k in SAME if t.get(k) != first.get(k)]
+        if method_options(t) != method_options(first):
+            differing.append("options")
+        if differing:
+            sys.exit(f"{t['folder']} is not {first['folder']}'s setting ({', '.join(differing)} differ): give runs "
+                     f"of one setting")
+
+
+def report(trainings: List[dict]) -> List[str]:
+    first = trainings[0]
+    regions = [r for r in REGIONS if r != "mean"]
+    lines = [f"# Training one setting again: {first['row']}, {first['labeled_fraction']:.0%} labeled, seed "
+             f"{first['seed']}, {first['epochs']} x {first['iterations_per_epoch']} "
+             f"({' '.join(method_options(first)) or 'trainers defaults'})", "",
+             f"Same data, labeled cases, setting and seed in every training; {first['validation_cases']} fold "
+             f"validation cases, {len(first['test_cases'])} test cases.", "",
+             "| training | validation Dice | test Dice (mean) | " + " | ".join(REGION_SHORT[r] for r in regions)
+             + " | train min |", "|---|---|---|" + "---|" * len(regions) + "---|"]
+    for t in trainings:
+        mean = t["mean"]
+        lines.append(f"| {t['name']} | {t['validation_dice']:.3f} | {mean['mean']['dice']:.3f} | "
+                     + " | ".join(f"{mean[r]['dice']:.3f}" for r in regions) + f" | {t['train_seconds'] / 60:.1f} |")
+    validation = [t["validation_dice"] for t in trainings]
+    test = [t["mean"]["mean"]["dice"] for t in trainings]
+    lines += ["", f"Spread over the {len(trainings)} trainings (standard deviation): validation "
+                  f"{statistics.stdev(validation):.3f}, test {statistics.stdev(test):.3f}; range: validation "
+                  f"{max(validation) - min(validation):.3f}, test {max(test) - min(test):.3f}.", "",
+              "Paired test differences over the test cases, each pair of trainings [95 % bootstrap CI]:", "",
+              "| A - B | mean | " + " | ".join(REGION_SHORT[r] for r in regions) + " |",
+              "|---|---|" + "---|" * len(regions)]
+    # paired_difference pairs methods within a seed: here every training is its own "method"
+    records = [{**t, "method": t["name"]} for t in trainings]
+    for a, b in itertools.combinations([t["name"] for t in trainings], 2):
+        cells = [interval_text(paired_difference(records, a, b, first["labeled_fraction"], region))
+                 for region in ("mean", *regions)]
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("report", help="the markdown file to write")
+    parser.add_argument("trainings", nargs="+", metavar="NAME=RUN_DIR")
+    args = parser.parse_args()
+    if len(args.trainings) < 2 or any("=" not in t for t in args.trainings):
+        parser.error("give at least two trainings, each as NAME=RUN_DIR")
+    names = [t.split("=", 1)[0] for t in args.trainings]
+    if len(set(names)) != len(names):
+        parser.error(f"every training needs its own name, got {' '.join(names)}")
+    trainings = [load_training(*t.split("=", 1)) for t in args.trainings]
+    check_one_setting(trainings)
+    lines = report(trainings)
+    write_text_atomically(args.report, lambda f: f.write("\n".join(lines) + "\n"))
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

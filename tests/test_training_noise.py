@@ -1,0 +1,58 @@
+"""experiments/training_noise.py: the trainings of one setting, their spread and every pair's paired test
+difference; runs of different settings are refused."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "training_noise.py"
+REGIONS = ("whole_tumor", "tumor_core", "enhancing_tumor")
+
+
+def write_run(folder: Path, test_dice: list, validation_dice: float, **setting) -> Path:
+    """A finished table run as committed: run.json and metrics.json (per test case, one Dice for every region)."""
+    folder.mkdir(parents=True)
+    cases = {f"t{i}": {r: {"dice": d} for r in REGIONS} for i, d in enumerate(test_dice)}
+    mean_dice = sum(test_dice) / len(test_dice)
+    record = {"method": "mean-teacher", "row": "Mean Teacher", "labeled_fraction": 0.01, "seed": 1, "epochs": 45,
+              "iterations_per_epoch": 40, "batch_size": 16, "labeled_cases": ["a", "b"], "test_cases": sorted(cases),
+              "dataset": "Dataset994_X", "configuration": "2d", "fold": 0, "consistency_weight": 10.0,
+              "validation_dice": validation_dice, "validation_cases": 60, "train_seconds": 1800.0,
+              "mean": {r: {"dice": mean_dice} for r in (*REGIONS, "mean")}, **setting}
+    (folder / "run.json").write_text(json.dumps(record))
+    (folder / "metrics.json").write_text(json.dumps({"cases": cases}))
+    return folder
+
+
+def test_the_trainings_of_one_setting_are_compared_pair_by_pair(tmp_path):
+    base = [0.7, 0.8, 0.75, 0.85]
+    first = write_run(tmp_path / "a", base, 0.77)
+    second = write_run(tmp_path / "b", [d - 0.02 for d in base], 0.74)
+    third = write_run(tmp_path / "c", [d + 0.01 for d in base], 0.76)
+    report = tmp_path / "noise.md"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"table={first}", f"again={second}",
+                             f"third={third}"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    assert text.startswith("# Training one setting again: Mean Teacher, 1% labeled, seed 1, 45 x 40 "
+                           "(--consistency-weight 10)")
+    assert "| again | 0.740 | 0.755 | 0.755 | 0.755 | 0.755 | 30.0 |" in text
+    assert "validation 0.015, test 0.015; range: validation 0.030, test 0.030" in text
+    assert "| table - again | +0.020 [+0.020, +0.020] |" in text and "| again - third | -0.030 [-0.030, -0.030] |" \
+        in text
+
+
+def test_runs_of_different_settings_or_unfinished_runs_are_refused(tmp_path):
+    base = [0.7, 0.8, 0.75, 0.85]
+    first = write_run(tmp_path / "a", base, 0.77)
+    other = write_run(tmp_path / "b", base, 0.75, consistency_weight=30.0)
+    report = tmp_path / "noise.md"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}", f"b={other}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "(options differ)" in result.stderr and not report.exists()
+    (tmp_path / "c").mkdir()
+    result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}", f"c={tmp_path / 'c'}"],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "no finished table run" in result.stderr and "Traceback" not in result.stderr
+    result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}"], capture_output=True, text=True)
+    assert result.returncode == 2 and "at least two trainings" in result.stderr
