@@ -43,7 +43,8 @@
 # is otherwise trained again beside the candidates (same data, setting and seed; its records are then copied too).
 # PHASE "retrain" trains that reference once more (in WORKDIR/retrains/retrain-K, K one past the finished ones,
 # committed ones included), copies its records to schedule_45_epochs/retrains/ and writes training_noise.md there
-# (experiments/training_noise.py): every training of this one setting so far, and how far they differ.
+# (experiments/training_noise.py): every training of this one setting so far, how far they differ, and schedule45's
+# target comparisons with that training noise counted.
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -164,7 +165,7 @@ case "$PHASE" in  # Mean Teacher's own weight against the full method's, which s
             [ ! -e "$TARGET/$phase/weight-10/$RUN/run.json" ] || TRAININGS+=("$phase=$TARGET/$phase/weight-10/$RUN")
         done
         for k in $(seq 1 "$K"); do TRAININGS+=("retrain-$k=$OUT/retrain-$k/$RUN"); done
-        python "$HERE/training_noise.py" "$OUT/training_noise.md" "${TRAININGS[@]}"
+        python "$HERE/training_noise.py" "$OUT/training_noise.md" "${TRAININGS[@]}" --table "$TARGET"
         exit 0 ;;
 esac
 if [ "$PHASE" = all ]; then

@@ -5,7 +5,11 @@ validation and test Dice, their spread over the trainings, and every pair's pair
 the interval a comparison of one run against one run shows where nothing but the training differs. A margin
 between two rows of the table is read against it (phase "retrain" of experiments/evidence_table.sh).
 
-    python experiments/training_noise.py REPORT NAME=RUN_DIR NAME=RUN_DIR [NAME=RUN_DIR ...]
+    python experiments/training_noise.py REPORT NAME=RUN_DIR NAME=RUN_DIR [NAME=RUN_DIR ...] [--table TABLE_DIR]
+
+With ``--table``, the table's target comparisons at the trainings' labeled fraction (the full method against each
+row of results_table.TARGET) are shown twice: with the table's interval, which resamples (seed, test case) pairs
+and so treats a run's training as fixed, and with that interval widened by the training noise measured here.
 
 Each RUN_DIR is a finished table run's folder (its run.json and metrics.json are all that is read); all of them
 must be one setting: same row, options, labeled cases, seed, schedule and test cases. Writes REPORT (markdown).
@@ -13,16 +17,18 @@ must be one setting: same row, options, labeled cases, seed, schedule and test c
 import argparse
 import itertools
 import json
+import math
 import os
 import statistics
 import sys
 from typing import List
 
 from nnunet_mem_cif.atomic import write_text_atomically
-from nnunet_mem_cif.results_table import REGION_SHORT, REGIONS, case_dice, interval_text, method_options, \
-    paired_difference
+from nnunet_mem_cif.results_table import METHODS, REGION_SHORT, REGIONS, TARGET, case_dice, interval_text, \
+    load_records, method_options, paired_difference
 
 # what makes two runs one setting: the rest of run.json (times, versions, command, scores) may differ
+Z95 = 1.96  # a normal 95 % interval's half-width in standard errors
 SAME = ("method", "labeled_fraction", "seed", "epochs", "iterations_per_epoch", "batch_size", "labeled_cases",
         "test_cases", "dataset", "configuration", "fold")
 
@@ -78,10 +84,51 @@ def report(trainings: List[dict]) -> List[str]:
     return lines
 
 
+def with_training_noise(trainings: List[dict], table_dir: str) -> List[str]:
+    """The table's target comparisons at the trainings' fraction, their intervals widened by training noise.
+
+    Why: the table's bootstrap resamples (seed, case) pairs, so each run's training is taken as fixed, while training
+    one setting again moves a run's mean Dice by about ``sd`` (the trainings' standard deviation). Assuming every
+    row's runs carry that noise, independently, a difference of two rows' means over S seeds moves by
+    ``sd * sqrt(2 / S)`` from training alone; that is added in quadrature to the table interval's spread (its
+    half-width / 1.96, a normal approximation)."""
+    from scipy.stats import chi2
+
+    fraction = trainings[0]["labeled_fraction"]
+    test = [t["mean"]["mean"]["dice"] for t in trainings]
+    sd, n = statistics.stdev(test), len(test)
+    # how uncertain sd itself is with n trainings (chi-square interval, normal noise assumed)
+    sd_low, sd_high = (sd * math.sqrt((n - 1) / chi2.ppf(q, n - 1)) for q in (0.975, 0.025))
+    records = load_records(table_dir)
+    rows = []
+    for other, margin in TARGET:
+        difference = paired_difference(records, "memcif", other, fraction)
+        if difference is None:
+            continue
+        seeds = ({r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == "memcif"}
+                 & {r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == other})
+        mean, low, high = difference[:3]
+        spread = math.hypot((high - low) / (2 * Z95), sd * math.sqrt(2 / len(seeds)))
+        widened = (mean, mean - Z95 * spread, mean + Z95 * spread)
+        criterion = f"{'>= ' + format(margin, '+.3f') if margin else 'ahead of'} {METHODS[other].row}"
+        met = mean >= margin and widened[1] > 0
+        rows.append(f"| {criterion} | {len(seeds)} | {interval_text(difference)} | {interval_text(widened)} | "
+                    f"{'yes' if met else 'no'} |")
+    return ["", f"## The table's target at {fraction:.0%}, with this training noise", "",
+            f"Test sd over these {n} trainings: {sd:.3f} (95 % interval for the sd itself, chi-square: "
+            f"{sd_low:.3f}-{sd_high:.3f}). Full method - B, mean Dice over WT / TC / ET, from the table's runs: the "
+            f"table's interval resamples (seed, test case) pairs; the widened one adds sd * sqrt(2 / seeds) in "
+            f"quadrature (every row assumed to carry this setting's training noise, independently). Met: the mean "
+            f"reaches the margin and the widened interval lies above 0.", "",
+            "| full method ... | seeds | table's interval | with training noise | met |", "|---|---|---|---|---|"] + rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("report", help="the markdown file to write")
     parser.add_argument("trainings", nargs="+", metavar="NAME=RUN_DIR")
+    parser.add_argument("--table", metavar="TABLE_DIR",
+                        help="a table output folder: its target comparisons, widened by this training noise")
     args = parser.parse_args()
     if len(args.trainings) < 2 or any("=" not in t for t in args.trainings):
         parser.error("give at least two trainings, each as NAME=RUN_DIR")
@@ -91,6 +138,10 @@ def main() -> int:
     trainings = [load_training(*t.split("=", 1)) for t in args.trainings]
     check_one_setting(trainings)
     lines = report(trainings)
+    if args.table:
+        if not os.path.isdir(os.path.join(args.table, "runs")):
+            parser.error(f"{args.table} holds no table runs (no runs/ folder): give an nnunet-mem-cif table folder")
+        lines += with_training_noise(trainings, args.table)
     write_text_atomically(args.report, lambda f: f.write("\n".join(lines) + "\n"))
     print("\n".join(lines))
     return 0

@@ -56,3 +56,26 @@ def test_runs_of_different_settings_or_unfinished_runs_are_refused(tmp_path):
     assert result.returncode != 0 and "no finished table run" in result.stderr and "Traceback" not in result.stderr
     result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}"], capture_output=True, text=True)
     assert result.returncode == 2 and "at least two trainings" in result.stderr
+
+
+def test_the_tables_target_is_widened_by_the_training_noise(tmp_path):
+    base = [0.7, 0.8, 0.75, 0.85]
+    trainings = [f"{name}={write_run(tmp_path / name, [d + shift for d in base], 0.77)}"
+                 for name, shift in (("a", -0.02), ("b", 0.0), ("c", 0.01))]  # test sd 0.0153
+    table = tmp_path / "table"
+    for seed in (0, 1, 2):  # the full method 0.05 ahead of supervised nnU-Net on every case: the table's CI is a point
+        for method, shift in (("memcif", 0.05), ("nnunet", 0.0), ("no-mem", 0.04)):
+            write_run(table / "runs" / method / f"fraction0.01_seed{seed}", [d + shift for d in base], 0.77,
+                      method=method, seed=seed)
+    report = tmp_path / "noise.md"
+    command = [sys.executable, str(SCRIPT), str(report), *trainings, "--table"]
+    result = subprocess.run(command + [str(table)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    # 0.05 +- 1.96 * 0.0153 * sqrt(2 / 3); a lead the table's interval shows can be lost in the noise; no row
+    # without runs is shown
+    assert "| >= +0.030 supervised nnU-Net | 3 | +0.050 [+0.050, +0.050] | +0.050 [+0.026, +0.074] | yes |" in text
+    assert "| ahead of no MEM | 3 | +0.010 [+0.010, +0.010] | +0.010 [-0.014, +0.034] | no |" in text
+    assert "ahead of Mean Teacher" not in text and "Test sd over these 3 trainings: 0.015" in text
+    result = subprocess.run(command + [str(tmp_path / "a")], capture_output=True, text=True)
+    assert result.returncode == 2 and "holds no table runs" in result.stderr
