@@ -1,9 +1,9 @@
-"""How far training one setting again moves its Dice (docs/results.md, "Weight 30, and what re-training alone
-moves"): the trainings of one setting on the same data with the same seed differ, because CPU training is not
-bit-reproducible (nnU-Net's augmentation workers are not deterministic). The report gives each training's
-validation and test Dice, their spread over the trainings, and every pair's paired difference over the test cases:
-the interval a comparison of one run against one run shows where nothing but the training differs. A margin
-between two rows of the table is read against it (phase "retrain" of experiments/evidence_table.sh).
+"""How far training one setting again moves its Dice (docs/results.md, "Training noise, measured"): the trainings
+of one setting on the same data with the same seed differ, because CPU training is not bit-reproducible (nnU-Net's
+augmentation workers are not deterministic). The report gives each training's validation and test Dice, their
+spread over the trainings, and every pair's paired difference over the test cases: the interval a comparison of one
+run against one run shows where nothing but the training differs. A margin between two rows of the table is read
+against it (phase "retrain" of experiments/evidence_table.sh).
 
     python experiments/training_noise.py REPORT NAME=RUN_DIR NAME=RUN_DIR [NAME=RUN_DIR ...] [--table TABLE_DIR]
 
@@ -27,8 +27,8 @@ from nnunet_mem_cif.atomic import write_text_atomically
 from nnunet_mem_cif.results_table import METHODS, REGION_SHORT, REGIONS, TARGET, case_dice, interval_text, \
     load_records, method_options, paired_difference
 
-# what makes two runs one setting: the rest of run.json (times, versions, command, scores) may differ
 Z95 = 1.96  # a normal 95 % interval's half-width in standard errors
+# what makes two runs one setting: the rest of run.json (times, versions, command, scores) may differ
 SAME = ("method", "labeled_fraction", "seed", "epochs", "iterations_per_epoch", "batch_size", "labeled_cases",
         "test_cases", "dataset", "configuration", "fold")
 
@@ -120,7 +120,8 @@ def with_training_noise(trainings: List[dict], table_dir: str) -> List[str]:
             f"table's interval resamples (seed, test case) pairs; the widened one adds sd * sqrt(2 / seeds) in "
             f"quadrature (every row assumed to carry this setting's training noise, independently). Met: the mean "
             f"reaches the margin and the widened interval lies above 0.", "",
-            "| full method ... | seeds | table's interval | with training noise | met |", "|---|---|---|---|---|"] + rows
+            "| full method ... | seeds | table's interval | with training noise | met |",
+            "|---|---|---|---|---|"] + rows
 
 
 def main() -> int:
