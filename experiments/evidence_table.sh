@@ -7,7 +7,7 @@
 # supervised nnU-Net is already within 0.02 of the all-labels bound on this phantom (docs/results.md has the numbers
 # and the arithmetic).
 #
-#     bash experiments/evidence_table.sh [WORKDIR] [PHASE] [VARIATION] [FRACTION]  # WORKDIR: evidence_table_work
+#     bash experiments/evidence_table.sh [WORKDIR=evidence_table_work] [PHASE] [VARIATION] [FRACTION] [SEEDS]
 #
 # VARIATION 2 makes the second table (docs/results.md says why it exists): the phantom's variation 2
 # (docs/phantom.md), 330 cases (300 training, of which fold 0 trains on 240: 2 / 12 / 24 labeled at 1 / 5 / 10 %;
@@ -34,6 +34,8 @@
 # nnU-Net and all labels for the 3 seeds first, and the other rows only where the step between them on the validation
 # cases leaves room for the target's margin (results_table.TARGET, checked by headroom_met); where it does not, no
 # row can meet the target at that fraction without beating nnU-Net on every label, and the phase stops there (exit 3).
+# SEEDS (schedule45 only; "0 1 2" by default) are the seeds every row is trained for, one seed after the other:
+# "0 1 2 3" adds a fourth seed to the three (the headroom stays decided on seeds 0-2).
 # PHASE "teacher-weight": schedule45 ran Mean Teacher at the full method's consistency weight (10); this trains it
 # at the trainers' default (1) and at 3 (1 %, seed 1, 45 x 40) and chooses on the fold validation cases
 # (choose_on_validation.py --method mean-teacher; 10 stands unless beaten), in WORKDIR/mean_teacher_choices, copied
@@ -41,10 +43,12 @@
 # 10, which came out highest (a best value at a grid's edge says nothing about the values beyond it), in
 # mean_teacher_choices_30/. The reference, weight 10, is schedule45's seed-1 run where WORKDIR holds its model, and
 # is otherwise trained again beside the candidates (same data, setting and seed; its records are then copied too).
-# PHASE "retrain" trains that reference once more (in WORKDIR/retrains/retrain-K, K one past the finished ones,
-# committed ones included), copies its records to schedule_45_epochs/retrains/ and writes training_noise.md there
-# (experiments/training_noise.py): every training of this one setting so far, how far they differ, and schedule45's
-# target comparisons with that training noise counted.
+# PHASE "retrain-ROW" trains schedule45's seed-1 run of ROW (a row it trains at 1 %: nnunet, self-training,
+# mean-teacher, no-mem, no-cif or memcif; "retrain" is retrain-mean-teacher, the teacher phases' reference) once more,
+# in WORKDIR/retrains/retrain-K (K one past ROW's finished ones, committed ones included), copies its records to
+# schedule_45_epochs/retrains/ and writes training_noise.md there (experiments/training_noise.py): every training so
+# far of each row trained again, how far they differ, and schedule45's target comparisons with that training noise
+# (pooled over the rows) counted.
 # Resumable: run it again after an interruption; finished runs (and interrupted ones, from their last epoch) resume.
 # After each seed it copies results.md / .csv / .png and every run's run.json and metrics.json into the
 # variation's folder, experiments/evidence_table/ or evidence_table_2/ (the choices: choices.md, variants.md,
@@ -54,12 +58,15 @@ WORKDIR=$(realpath -m "${1:-evidence_table_work}")
 PHASE="${2:-all}"
 VARIATION="${3:-1}"
 FRACTION="${4:-0.01}"
-case "$PHASE" in
-    all|convergence|choices|table|unseen|schedule45|teacher-weight|teacher-weight-30|retrain) ;;
-    *) echo "PHASE must be all, convergence, choices, table, unseen, schedule45, teacher-weight, teacher-weight-30" \
-            "or retrain, got $PHASE" >&2
-       exit 2 ;;
-esac
+SEEDS="${5:-0 1 2}"
+ROWS=(nnunet self-training mean-teacher no-mem no-cif memcif)  # schedule45's rows at FRACTION (and nnunet-all)
+[ "$PHASE" != retrain ] || PHASE=retrain-mean-teacher
+PHASES=" all convergence choices table unseen schedule45 teacher-weight teacher-weight-30 ${ROWS[*]/#/retrain-} "
+if [[ ! "$PHASE" =~ ^[a-z0-9-]+$ || "$PHASES" != *" $PHASE "* ]]; then
+    echo "PHASE must be one of$PHASES(retrain-ROW trains schedule45's seed-1 run of ROW again; retrain alone:" \
+         "retrain-mean-teacher), got $PHASE" >&2
+    exit 2
+fi
 case "$VARIATION" in  # the table's cases and ids: the first table's (variation 1) or the second's
     1) CASES=130 TEST_FRACTION=0.2308 IDS=(992 993) NAMES=(EvidenceTable EvidenceUnseen) TARGET=evidence_table ;;
     2) CASES=330 TEST_FRACTION=0.0909 IDS=(994 995) NAMES=(EvidenceTable2 EvidenceUnseen2)
@@ -70,6 +77,11 @@ case "$PHASE:$FRACTION" in
     schedule45:0.05|*:0.01) ;;
     *) echo "FRACTION is the schedule45 phase's, 0.01 or 0.05, got $FRACTION for phase $PHASE" >&2; exit 2 ;;
 esac
+if [ -n "${5:-}" ] && { [ "$PHASE" != schedule45 ] || [[ ! "$SEEDS" =~ ^[0-9]+( [0-9]+)*$ ]]; }; then
+    echo "SEEDS is the schedule45 phase's, seeds separated by spaces (\"0 1 2 3\"), got \"$SEEDS\" for phase" \
+         "$PHASE" >&2
+    exit 2
+fi
 HERE="$(dirname "$(realpath "$0")")"  # experiments/: the committed tables and choose_on_validation.py
 FIRST_TABLE="$HERE/evidence_table"
 TARGET="$HERE/$TARGET"
@@ -81,15 +93,25 @@ if [ "$PHASE" = unseen ]; then
 else
     DATA="$WORKDIR" DATASET_ID=${IDS[0]} DATASET=${NAMES[0]} PHANTOM_SEED=0
 fi
+# one field of the choices' result, chosen.json (a list printed as words); FILE defaults to this table's
+chosen() {  # FIELD [FILE]
+    python -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]
+print(' '.join(v) if isinstance(v, list) else v)" "${2:-$CHOICES/chosen.json}" "$1"
+}
 TABLE="$DATA/table" EPOCHS=15
 case "$PHASE" in
-    schedule45|teacher-weight*|retrain)
-        TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45 ;;
+    schedule45|teacher-weight*|retrain-*)
+        TABLE="$DATA/schedule_45_epochs" TARGET="$TARGET/schedule_45_epochs" EPOCHS=45
+        # every schedule45 row's options: the first table's setting, chosen on its validation cases (variation 2
+        # has no choices phase of its own); Mean Teacher's "weight-10" in the teacher phases
+        SCHEDULE45_OPTIONS=$(chosen table_options "$FIRST_TABLE/chosen.json") ;;
 esac
-RUN=runs/mean-teacher/fraction0.01_seed1  # schedule45's seed-1 Mean Teacher run: the teacher phases' reference
-if [ "$PHASE" = retrain ] && [ ! -e "$TARGET/$RUN/run.json" ]; then
-    echo "$TARGET/$RUN/run.json not found: the schedule45 phase's seed-1 Mean Teacher run is what is trained again;" \
-         "run that phase (with this VARIATION) first" >&2
+ROW=mean-teacher  # the teacher phases' row; phase retrain-ROW's own
+[[ "$PHASE" != retrain-* ]] || ROW=${PHASE#retrain-}
+RUN=runs/$ROW/fraction0.01_seed1  # schedule45's seed-1 run of ROW: the teacher phases' reference
+if [[ "$PHASE" = retrain-* ]] && [ ! -e "$TARGET/$RUN/run.json" ]; then
+    echo "$TARGET/$RUN/run.json not found: the schedule45 phase's seed-1 $ROW run is what is trained again; run" \
+         "that phase (with this VARIATION) first" >&2
     exit 2
 fi
 export nnUNet_raw="$DATA/nnUNet_raw" nnUNet_preprocessed="$DATA/nnUNet_preprocessed"
@@ -145,7 +167,7 @@ case "$PHASE" in  # Mean Teacher's own weight against the full method's, which s
         if [ ! -e "$TEACHER/weight-10/$RUN" ] && [ -d "$TABLE/$RUN/nnUNet_results" ]; then
             mkdir -p "$TEACHER/weight-10/runs/mean-teacher" && cp -a "$TABLE/$RUN" "$TEACHER/weight-10/$RUN"
         fi
-        train_candidates "$TEACHER" mean-teacher 1 "weight-10=--consistency-weight 10" "${CANDIDATES[@]}"
+        train_candidates "$TEACHER" mean-teacher 1 "weight-10=$SCHEDULE45_OPTIONS" "${CANDIDATES[@]}"
         python "$HERE/choose_on_validation.py" "$TEACHER" --method mean-teacher --reference weight-10
         OUT="$TARGET/$(basename "$TEACHER")" COMMIT=("${CANDIDATES[@]%%=*}")
         # the reference's records too where it was trained here: the table's own run is committed with the table
@@ -153,18 +175,27 @@ case "$PHASE" in  # Mean Teacher's own weight against the full method's, which s
         mkdir -p "$OUT" && cp "$TEACHER/choices.md" "$TEACHER/chosen.json" "$OUT"/
         copy_records "$TEACHER" "$OUT" "${COMMIT[@]}"
         exit 0 ;;
-    retrain)  # one more training of the reference, in the first retrains/retrain-K without a finished run
+    retrain-*)  # one more training of ROW's run, in the first retrains/retrain-K without a finished one of ROW
         RETRAINS="$WORKDIR/retrains" OUT="$TARGET/retrains"
         restore "$OUT" "$RETRAINS"
         K=1
         while [ -e "$RETRAINS/retrain-$K/$RUN/run.json" ]; do K=$((K + 1)); done
-        train_candidates "$RETRAINS" mean-teacher 1 "retrain-$K=--consistency-weight 10"
+        train_candidates "$RETRAINS" "$ROW" 1 "retrain-$K=$SCHEDULE45_OPTIONS"
         copy_records "$RETRAINS" "$OUT" "retrain-$K"
-        TRAININGS=("table=$TARGET/$RUN")
-        for phase in mean_teacher_choices mean_teacher_choices_30; do  # where a teacher phase trained it again
-            [ ! -e "$TARGET/$phase/weight-10/$RUN/run.json" ] || TRAININGS+=("$phase=$TARGET/$phase/weight-10/$RUN")
+        TRAININGS=()  # every training of each row trained again: the noise is pooled over them
+        for row in "${ROWS[@]}"; do
+            run=runs/$row/fraction0.01_seed1
+            [ -e "$OUT/retrain-1/$run/run.json" ] || continue
+            TRAININGS+=("$row/table=$TARGET/$run")
+            for phase in mean_teacher_choices mean_teacher_choices_30; do  # where a teacher phase trained it again
+                training="$TARGET/$phase/weight-10/$run"
+                [ ! -e "$training/run.json" ] || TRAININGS+=("$row/$phase=$training")
+            done
+            for ((k = 1; ; k++)); do
+                [ -e "$OUT/retrain-$k/$run/run.json" ] || break
+                TRAININGS+=("$row/retrain-$k=$OUT/retrain-$k/$run")
+            done
         done
-        for k in $(seq 1 "$K"); do TRAININGS+=("retrain-$k=$OUT/retrain-$k/$RUN"); done
         python "$HERE/training_noise.py" "$OUT/training_noise.md" "${TRAININGS[@]}" --table "$TARGET"
         exit 0 ;;
 esac
@@ -180,11 +211,6 @@ sys.exit(0 if convergence_met(load_records(sys.argv[1]), 'validation') else 3)" 
     bash "$(realpath "$0")" "$WORKDIR" choices "$VARIATION"
     exec bash "$(realpath "$0")" "$WORKDIR" table "$VARIATION"
 fi
-# one field of the choices' result, chosen.json (a list printed as words); FILE defaults to this table's
-chosen() {  # FIELD [FILE]
-    python -c "import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]
-print(' '.join(v) if isinstance(v, list) else v)" "${2:-$CHOICES/chosen.json}" "$1"
-}
 if [ "$PHASE" = choices ]; then
     # name -> table options; "default" is the trainers' own setting (consistency weight 1, MEM:CIF 30:150)
     # weight-10 was added after weight 3 came out best of the first grid on validation (docs/results.md): a best
@@ -219,10 +245,10 @@ case "$PHASE" in
                    mkdir -p "$target_runs" && cp -a "$chosen_run/fraction0.01_seed0" "$target_runs/"
                fi
            done ;;
-    schedule45) read -ra OPTIONS <<< "$(chosen table_options "$FIRST_TABLE/chosen.json")"
+    schedule45) read -ra OPTIONS <<< "$SCHEDULE45_OPTIONS"
            # 1 % by default: at 5 % (12 labeled cases) supervised nnU-Net is already within 0.003 of all labels on
            # variation 2's validation cases at 15 x 40 (docs/results.md), hence the headroom first (below)
-           METHODS=(nnunet self-training mean-teacher no-mem no-cif memcif nnunet-all)
+           METHODS=("${ROWS[@]}" nnunet-all)
            FRACTIONS=("$FRACTION") ;;
 esac
 
@@ -241,7 +267,7 @@ sys.exit(0 if headroom_met(load_records(sys.argv[1]), float(sys.argv[2])) else 3
         exit 3
     fi
 fi
-for seed in 0 1 2; do
+for seed in $SEEDS; do
     nnunet-mem-cif table --dataset-id "$DATASET_ID" --output-dir "$TABLE" --methods "${METHODS[@]}" \
         --fractions "${FRACTIONS[@]}" --seeds "$seed" "${SCHEDULE[@]}" --device cpu "${OPTIONS[@]}"
     copy_results

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from importlib import metadata
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Set, Tuple
 
 from nnunet_mem_cif.atomic import is_within, write_atomically, write_text_atomically
 from nnunet_mem_cif.brats import REGIONS_NNUNET
@@ -796,6 +796,24 @@ def paired_report(records: List[dict]) -> List[str]:
             "| labeled | A - B | pairs | mean over WT/TC/ET | ET |", "|---|---|---|---|---|"] + rows
 
 
+def shared_seeds(records: List[dict], a: str, b: str, fraction: float) -> Set[int]:
+    """The seeds in which both A and B ran at ``fraction``: those their paired difference pairs over."""
+    return ({r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == a}
+            & {r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == b})
+
+
+def target_criterion(other: str, margin: float) -> str:
+    """How every report names one criterion of ``TARGET``: ``>= +0.030 supervised nnU-Net``, ``ahead of X``."""
+    return f"{'>= ' + format(margin, '+.3f') if margin else 'ahead of'} {METHODS[other].row}"
+
+
+def target_met(difference: Tuple[float, ...], margin: float) -> bool:
+    """One criterion of ``TARGET``, from the full method's paired difference to its row (mean, 95 % interval): met
+    where the mean reaches the margin and the interval lies above 0."""
+    mean, low = difference[:2]
+    return mean >= margin and low > 0
+
+
 def target_report(records: List[dict]) -> List[str]:
     """The outcome the evidence table is for (docs/results.md), judged from the paired differences alone: at each of
     ``TARGET_FRACTIONS`` the full method must be ahead of every row in ``TARGET`` by at least its margin (supervised
@@ -808,16 +826,14 @@ def target_report(records: List[dict]) -> List[str]:
     rows, verdicts, provisional = [], [], False
     for fraction in fractions:
         for other, margin in TARGET:
-            seeds = ({r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == "memcif"}
-                     & {r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == other})
+            seeds = shared_seeds(records, "memcif", other, fraction)
             difference = paired_difference(records, "memcif", other, fraction)
-            criterion = f"{'>= ' + format(margin, '+.3f') if margin else 'ahead of'} {METHODS[other].row}"
+            criterion = target_criterion(other, margin)
             if difference is None:
                 rows.append(f"| {fraction:.0%} | {criterion} | not run yet | 0 | open |")
                 verdicts.append(None)
                 continue
-            mean, low = difference[:2]
-            met = mean >= margin and low > 0
+            met = target_met(difference, margin)
             verdicts.append(met)
             provisional |= len(seeds) < 3
             rows.append(f"| {fraction:.0%} | {criterion} | {interval_text(difference)} | {len(seeds)} | "

@@ -34,8 +34,8 @@ def test_the_trainings_of_one_setting_are_compared_pair_by_pair(tmp_path):
                              f"third={third}"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     text = report.read_text()
-    assert text.startswith("# Training one setting again: Mean Teacher, 1% labeled, seed 1, 45 x 40 "
-                           "(--consistency-weight 10)")
+    assert text.startswith("# Training noise: 3 trainings of 1 setting\n\n## Mean Teacher, 1% labeled, seed 1, "
+                           "45 x 40 (--consistency-weight 10)\n")
     assert "| again | 0.740 | 0.755 | 0.755 | 0.755 | 0.755 | 30.0 |" in text
     assert "validation 0.015, test 0.015; range: validation 0.030, test 0.030" in text
     assert "| table - again | +0.020 [+0.020, +0.020] |" in text and "| again - third | -0.030 [-0.030, -0.030] |" \
@@ -49,7 +49,7 @@ def test_runs_of_different_settings_or_unfinished_runs_are_refused(tmp_path):
     report = tmp_path / "noise.md"
     result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}", f"b={other}"],
                             capture_output=True, text=True)
-    assert result.returncode != 0 and "(options differ)" in result.stderr and not report.exists()
+    assert result.returncode != 0 and "is the only training of its setting" in result.stderr and not report.exists()
     (tmp_path / "c").mkdir()
     result = subprocess.run([sys.executable, str(SCRIPT), str(report), f"a={first}", f"c={tmp_path / 'c'}"],
                             capture_output=True, text=True)
@@ -76,6 +76,31 @@ def test_the_tables_target_is_widened_by_the_training_noise(tmp_path):
     # without runs is shown
     assert "| >= +0.030 supervised nnU-Net | 3 | +0.050 [+0.050, +0.050] | +0.050 [+0.026, +0.074] | yes |" in text
     assert "| ahead of no MEM | 3 | +0.010 [+0.010, +0.010] | +0.010 [-0.014, +0.034] | no |" in text
-    assert "ahead of Mean Teacher" not in text and "Test sd over these 3 trainings: 0.015" in text
+    assert "ahead of Mean Teacher" not in text
+    assert "Test sd over the 3 trainings of 1 setting, pooled within settings (2 degrees of freedom): 0.015" in text
     result = subprocess.run(command + [str(tmp_path / "a")], capture_output=True, text=True)
     assert result.returncode == 2 and "holds no table runs" in result.stderr
+
+
+def test_the_noise_of_several_settings_is_pooled_within_each(tmp_path):
+    base = [0.7, 0.8, 0.75, 0.85]
+    trainings = [f"{name}={write_run(tmp_path / name, [d + shift for d in base], 0.77, **setting)}"
+                 for name, shift, setting in (("mt-a", -0.01, {}), ("mt-b", 0.01, {}),
+                                              ("full-a", 0.05, {"method": "memcif", "row": "full method"}),
+                                              ("full-b", 0.09, {"method": "memcif", "row": "full method"}))]
+    report = tmp_path / "noise.md"
+    table = tmp_path / "table"
+    for seed in (0, 1, 2):
+        for method, shift in (("memcif", 0.05), ("nnunet", 0.0)):
+            write_run(table / "runs" / method / f"fraction0.01_seed{seed}", [d + shift for d in base], 0.77,
+                      method=method, seed=seed)
+    result = subprocess.run([sys.executable, str(SCRIPT), str(report), *trainings, "--table", str(table)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    text = report.read_text()
+    # each setting apart; the gap between them (0.06) is no noise: sqrt((2 * 0.01^2 + 2 * 0.02^2) / 2) = 0.022, and
+    # the lead over nnU-Net widens to 0.05 +- 1.96 * 0.022 * sqrt(2 / 3)
+    assert "\n## Mean Teacher, 1% labeled" in text and "\n## full method, 1% labeled" in text
+    assert "| full-a - full-b | -0.040 [-0.040, -0.040] |" in text and "mt-a - full-a" not in text
+    assert "Test sd over the 4 trainings of 2 settings, pooled within settings (2 degrees of freedom): 0.022" in text
+    assert "| >= +0.030 supervised nnU-Net | 3 | +0.050 [+0.050, +0.050] | +0.050 [+0.014, +0.086] | yes |" in text
