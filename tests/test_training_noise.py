@@ -42,7 +42,7 @@ def test_the_trainings_of_one_setting_are_compared_pair_by_pair(tmp_path):
         in text
 
 
-def test_runs_of_different_settings_or_unfinished_runs_are_refused(tmp_path):
+def test_a_setting_trained_once_or_an_unfinished_run_is_refused(tmp_path):
     base = [0.7, 0.8, 0.75, 0.85]
     first = write_run(tmp_path / "a", base, 0.77)
     other = write_run(tmp_path / "b", base, 0.75, consistency_weight=30.0)
