@@ -178,23 +178,25 @@ case "$PHASE" in  # Mean Teacher's own weight against the full method's, which s
     retrain-*)  # one more training of ROW's run, in the first retrains/retrain-K without a finished one of ROW
         RETRAINS="$WORKDIR/retrains" OUT="$TARGET/retrains"
         restore "$OUT" "$RETRAINS"
-        K=1
-        while [ -e "$RETRAINS/retrain-$K/$RUN/run.json" ]; do K=$((K + 1)); done
+        finished_retrains() {  # DIR RUN: how many of DIR/retrain-1, -2, ... in turn hold RUN finished
+            local k=0
+            while [ -e "$1/retrain-$((k + 1))/$2/run.json" ]; do k=$((k + 1)); done
+            echo "$k"
+        }
+        K=$(($(finished_retrains "$RETRAINS" "$RUN") + 1))
         train_candidates "$RETRAINS" "$ROW" 1 "retrain-$K=$SCHEDULE45_OPTIONS"
         copy_records "$RETRAINS" "$OUT" "retrain-$K"
         TRAININGS=()  # every training of each row trained again: the noise is pooled over them
         for row in "${ROWS[@]}"; do
             run=runs/$row/fraction0.01_seed1
-            [ -e "$OUT/retrain-1/$run/run.json" ] || continue
+            n=$(finished_retrains "$OUT" "$run")
+            [ "$n" -gt 0 ] || continue
             TRAININGS+=("$row/table=$TARGET/$run")
             for phase in mean_teacher_choices mean_teacher_choices_30; do  # where a teacher phase trained it again
                 training="$TARGET/$phase/weight-10/$run"
                 [ ! -e "$training/run.json" ] || TRAININGS+=("$row/$phase=$training")
             done
-            for ((k = 1; ; k++)); do
-                [ -e "$OUT/retrain-$k/$run/run.json" ] || break
-                TRAININGS+=("$row/retrain-$k=$OUT/retrain-$k/$run")
-            done
+            for ((k = 1; k <= n; k++)); do TRAININGS+=("$row/retrain-$k=$OUT/retrain-$k/$run"); done
         done
         python "$HERE/training_noise.py" "$OUT/training_noise.md" "${TRAININGS[@]}" --table "$TARGET"
         exit 0 ;;

@@ -131,7 +131,8 @@ def with_training_noise(settings: List[List[dict]], table_dir: str) -> List[str]
     return ["", f"## The table's target at {fraction:.0%}, with this training noise", "",
             f"Test sd over the {sum(map(len, settings))} trainings of {len(settings)} "
             f"setting{'s' if len(settings) > 1 else ''}, pooled within settings ({freedom} "
-            f"degree{'s' if freedom > 1 else ''} of freedom): {sd:.3f} (95 % interval for the sd itself, chi-square: {sd_low:.3f}-{sd_high:.3f}). Full method - B, "
+            f"degree{'s' if freedom > 1 else ''} of freedom): {sd:.3f} (95 % interval for the sd itself, chi-square: "
+            f"{sd_low:.3f}-{sd_high:.3f}). Full method - B, "
             f"mean Dice over WT / TC / ET, from the table's runs: the table's interval resamples (seed, test case) "
             f"pairs; the widened one adds sd * sqrt(2 / seeds) in quadrature (every row assumed to carry this "
             f"training noise, independently). Met: the mean reaches the margin and the widened interval lies above "

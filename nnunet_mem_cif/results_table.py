@@ -647,16 +647,23 @@ def _commands_line(records: List[dict]) -> str:
     return ("- command: " if len(commands) == 1 else "- commands: ") + "; ".join(f"`{c}`" for c in commands)
 
 
+def paired_runs(records: List[dict], a: str, b: str, fraction: float) -> Dict[int, Dict[str, dict]]:
+    """Per seed, A's and B's per-case metrics (method -> case -> region -> Dice) at ``fraction``, for the seeds in
+    which both ran with per-case metrics: what a paired difference pairs, defined once."""
+    by_seed = {}
+    for r in records:
+        if r["labeled_fraction"] == fraction and r["method"] in (a, b) and r.get("case_dice"):
+            by_seed.setdefault(r["seed"], {})[r["method"]] = r["case_dice"]
+    return {seed: runs for seed, runs in by_seed.items() if len(runs) == 2}
+
+
 def paired_difference(records: List[dict], a: str, b: str, fraction: float, region: str = "mean",
                       samples: int = BOOTSTRAP_SAMPLES) -> Optional[Tuple[float, float, float, int]]:
     """Mean Dice difference A - B over (seed, test case) pairs, with a 95 % percentile bootstrap interval that
     resamples those pairs; None where no seed has both runs with per-case metrics."""
     import numpy as np
-    by_seed = {}
-    for r in records:
-        if r["labeled_fraction"] == fraction and r["method"] in (a, b) and r.get("case_dice"):
-            by_seed.setdefault(r["seed"], {})[r["method"]] = r["case_dice"]
-    differences = [runs[a][case][region] - runs[b][case][region] for runs in by_seed.values() if len(runs) == 2
+    differences = [runs[a][case][region] - runs[b][case][region]
+                   for runs in paired_runs(records, a, b, fraction).values()
                    for case in sorted(set(runs[a]) & set(runs[b]))]
     if not differences:
         return None
@@ -797,9 +804,8 @@ def paired_report(records: List[dict]) -> List[str]:
 
 
 def shared_seeds(records: List[dict], a: str, b: str, fraction: float) -> Set[int]:
-    """The seeds in which both A and B ran at ``fraction``: those their paired difference pairs over."""
-    return ({r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == a}
-            & {r["seed"] for r in records if r["labeled_fraction"] == fraction and r["method"] == b})
+    """The seeds ``paired_difference`` pairs over: both A and B ran at ``fraction`` with per-case metrics."""
+    return set(paired_runs(records, a, b, fraction))
 
 
 def target_criterion(other: str, margin: float) -> str:

@@ -11,8 +11,8 @@ import pytest
 
 from nnunet_mem_cif.results_table import DEFAULT_METHODS, METHODS, REGIONS, Run, check_arguments, check_dataset, \
     TableSetting, check_same_setting, convergence_met, fold_folder, headroom, headroom_met, load_records, \
-    markdown_report, method_options, paired_difference, parse_lr_multipliers, run_setting, trained_before_resume, \
-    table_runs, write_report
+    markdown_report, method_options, paired_difference, parse_lr_multipliers, run_setting, shared_seeds, \
+    trained_before_resume, table_runs, write_report
 from nnunet_mem_cif.errors import PluginUserError
 from nnunet_mem_cif.trainers.table_runs import TABLE_RUN_VARIABLE, table_run_setting
 from .nnunet_workspace import DATASET_ID, DATASET_NAME
@@ -79,6 +79,10 @@ def test_paired_difference_pairs_seeds_and_cases_and_bootstraps_an_interval():
     records.append(with_cases(fake_record("mean-teacher", 0.01, 0, 0.6), {"t1": 0.9, "t2": 0.3}))
     mean, low, high, pairs = paired_difference(records, "memcif", "mean-teacher", 0.01)
     assert pairs == 2 and low < 0 < high  # only seed 0 has both; -0.1 and +0.4 straddle 0
+    assert shared_seeds(records, "memcif", "mean-teacher", 0.01) == {0}
+    without_cases = records + [fake_record("mean-teacher", 0.01, 1, 0.6)]  # no per-case metrics: neither pairs it
+    assert paired_difference(without_cases, "memcif", "mean-teacher", 0.01)[3] == 2
+    assert shared_seeds(without_cases, "memcif", "mean-teacher", 0.01) == {0}
     records.append(with_cases(fake_record("no-cif", 0.01, 1, 0.7), {"t1": 0.7, "t2": 0.7}))
     records.append(with_cases(fake_record("no-mem", 0.01, 0, 0.5), {"t1": 0.5, "t2": 0.8}))
     report = markdown_report(records)
