@@ -182,8 +182,8 @@ def measure_data(trainer, steps: int) -> Dict[str, float]:
         total = time.perf_counter() - start
     finally:
         trainer.dataloader_unlabeled = loader
-    return {"unlabeled batches/s alone": throughput, "workers": max(workers, 1), "waiting share": (labeled.waited + unlabeled.waited) / total,
-            "live step s": total / steps}
+    return {"unlabeled batches/s alone": throughput, "workers": max(workers, 1),
+            "waiting share": (labeled.waited + unlabeled.waited) / total, "live step s": total / steps}
 
 
 def measure_inference(dataset: str, trainers: Dict[str, object], device: torch.device,

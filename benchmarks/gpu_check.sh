@@ -187,8 +187,8 @@ command -v nvidia-smi >/dev/null 2>&1 && HEADER="$HEADER; driver $(nvidia-smi --
 { echo "# setup"; echo; echo "$HEADER"; echo; cat "$WORK/setup_body"; } > "$SETUP"
 { echo; echo "$HEADER"; echo; echo "| step | status | seconds | cap [s] |"; echo "|---|---|---|---|"; } >> "$SUMMARY"
 echo "- setup ($(elapsed) s): network steps $([ "$NETWORK_OK" = 1 ] && echo can || echo CANNOT) run, trainer steps" \
-     "$([ "$TRAINER_OK" = 1 ] && echo can || echo CANNOT) run, device $([ "$DEVICE_OK" = 1 ] && echo ok || echo MISSING)" \
-     "(details: setup.md)" > "$WORK/setup_line"
+     "$([ "$TRAINER_OK" = 1 ] && echo can || echo CANNOT) run, device" \
+     "$([ "$DEVICE_OK" = 1 ] && echo ok || echo MISSING) (details: setup.md)" > "$WORK/setup_line"
 
 # ------------------------------------------------------------------------------------------------ steps
 FAILED=()
@@ -199,7 +199,8 @@ run_step() {
     case "$STEPS" in *" $id "*) ;; *) return 0 ;; esac
     local left=$(( BUDGET - $(elapsed) )) status rc started
     local out=$RESULTS/$file
-    [ -f "$out" ] && [ -n "${WRITTEN[$file]:-}" ] || { echo "# $title" > "$out"; echo >> "$out"; echo "$HEADER" >> "$out"; }
+    [ -f "$out" ] && [ -n "${WRITTEN[$file]:-}" ] \
+        || { echo "# $title" > "$out"; echo >> "$out"; echo "$HEADER" >> "$out"; }
     WRITTEN[$file]=1
     { echo; echo "## step $id: $title"; echo; echo "\`\$ $*\`"; echo; } >> "$out"
     if [ "$needs" != 1 ]; then
@@ -240,8 +241,9 @@ PREP_PID=""
 case "$STEPS" in *" 4 "*)
     if [ "$TRAIN_OK" = 1 ]; then
         rm -rf "$COST_WORK"
-        nice -n 15 env nnUNet_n_proc_DA="$N_PROC_DA" timeout "$(( BUDGET > 60 ? BUDGET - 60 : BUDGET ))" "$PY" benchmarks/cost_benchmark.py \
-            --workdir "$COST_WORK" --device "$DEVICE" $COST_ARGS --prepare-only > "$WORK/prepare.log" 2>&1 &
+        nice -n 15 env nnUNet_n_proc_DA="$N_PROC_DA" timeout "$(( BUDGET > 60 ? BUDGET - 60 : BUDGET ))" "$PY" \
+            benchmarks/cost_benchmark.py --workdir "$COST_WORK" --device "$DEVICE" $COST_ARGS --prepare-only \
+            > "$WORK/prepare.log" 2>&1 &
         PREP_PID=$!
     fi ;;
 esac
@@ -265,8 +267,9 @@ if [ -n "$PREP_PID" ]; then
       tail -n 30 "$WORK/prepare.log"; echo '```'; } > "$RESULTS/4_training_step.md.prep"
 fi
 run_step 4 "training step: MemCifSemiTrainer vs nnUNetTrainer, MeanTeacherTrainer" 4_training_step.md 180 \
-    "$TRAIN_OK" env nnUNet_n_proc_DA="$N_PROC_DA" "$PY" benchmarks/cost_benchmark.py --workdir "$COST_WORK" --device "$DEVICE" $COST_ARGS \
-    --sections step --trainers nnUNetTrainer MeanTeacherTrainer MemCifSemiTrainer $COMPILE_ENV
+    "$TRAIN_OK" env nnUNet_n_proc_DA="$N_PROC_DA" "$PY" benchmarks/cost_benchmark.py --workdir "$COST_WORK" \
+    --device "$DEVICE" $COST_ARGS --sections step --trainers nnUNetTrainer MeanTeacherTrainer MemCifSemiTrainer \
+    $COMPILE_ENV
 if [ -f "$RESULTS/4_training_step.md.prep" ]; then
     cat "$RESULTS/4_training_step.md.prep" >> "$RESULTS/4_training_step.md"; rm -f "$RESULTS/4_training_step.md.prep"
 fi

@@ -213,7 +213,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         params = sum(p.numel() for p in network.parameters())
         seconds = statistics.median(times[name])
         print(f"| {name} | {params / 1e6:.2f} M | {params / base_params:.2f} | {seconds:.3f} | "
-              f"{seconds / base_time:.2f} | {peak_memory[name]:.0f} | {peak_memory[name] / peak_memory[BASELINE]:.2f} |")
+              f"{seconds / base_time:.2f} | {peak_memory[name]:.0f} | "
+              f"{peak_memory[name] / peak_memory[BASELINE]:.2f} |")
 
 
 def _fresh_peak(num_modalities: int, batch_size: int, patch: Sequence[int], device_name_: str, compile_network: bool,

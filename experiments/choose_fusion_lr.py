@@ -4,8 +4,8 @@ cases only.
 The dataset made here has no test cases at all (``--test-fraction 0``), so the choice cannot see a test case: 40
 phantom cases at 5 mm, fold 0 of nnU-Net's 5-fold split (32 training cases, 8 validation cases), 10 % of the
 training cases labeled (seeded, as in the results table) and the rest used as unlabeled data. For every setting
-(``MEM:CIF``) and seed, ``nnUNetv2_train`` trains ``MemCifSemiTrainer_table`` (the product trainer) and runs nnU-Net's own
-fold validation; the table shows the validation Dice, the paired difference to 1:1 (nnU-Net's single learning rate;
+(``MEM:CIF``) and seed, ``nnUNetv2_train`` trains ``MemCifSemiTrainer_table`` (the product trainer) and runs nnU-Net's
+own fold validation; the table shows the validation Dice, the paired difference to 1:1 (nnU-Net's single learning rate;
 same seed, same labeled cases) and how far CIF moved from its initialisation.
 
     python experiments/choose_fusion_lr.py [--workdir choose_fusion_lr_work] [--multipliers 1 30:150]
@@ -122,8 +122,9 @@ def main() -> int:
     for multiplier, values in dice.items():
         differences = [values[s] - dice[(1.0, 1.0)][s] for s in args.seeds]
         spread = lambda v: statistics.stdev(v) if len(v) > 1 else 0.0  # noqa: E731
-        print(f"| {label(multiplier)} | {statistics.mean(values.values()):.4f} ± {spread(list(values.values())):.4f} | "
-              f"{statistics.mean(differences):+.4f} ± {spread(differences):.4f} |")
+        print(f"| {label(multiplier)} | {statistics.mean(values.values()):.4f} ± "
+              f"{spread(list(values.values())):.4f} | {statistics.mean(differences):+.4f} ± "
+              f"{spread(differences):.4f} |")
     return 0
 
 

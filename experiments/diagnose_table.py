@@ -128,7 +128,8 @@ def main() -> int:
         checkpoint = read_checkpoint(os.path.join(fold, "checkpoint_final.pth"), "cpu")  # weights_only=True
         log = checkpoint["logging"]
         print(row + f"| {fmt(validation_dice(fold))} | {fmt(last_epochs_mean(log, 'train_sup_losses'))} "
-              f"| {fmt(last_epochs_mean(log, 'train_cons_losses'), 4)} | {fmt(last_epochs_mean(log, 'cons_weights'), 2)} "
+              f"| {fmt(last_epochs_mean(log, 'train_cons_losses'), 4)} "
+              f"| {fmt(last_epochs_mean(log, 'cons_weights'), 2)} "
               f"| {cif_drift(checkpoint['network_weights']) or '-'} |")
     return 0
 

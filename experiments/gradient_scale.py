@@ -6,9 +6,10 @@ says how many steps a family of parameters needs to change noticeably; if MEM or
 than the convolutions, they stay near their initialisation for the whole schedule. This script trains a
 MemCifSemiTrainer (nnU-Net's data loading, augmentation, loss, optimizer and schedule, plus this plugin's unlabeled
 term) on a small phantom dataset for ``--steps`` steps, once per ``--multipliers`` setting (``MEM:CIF``, the
-trainer's ``mem_lr_multiplier`` and ``cif_lr_multiplier``; a single number sets both), and prints per family the median over its tensors of ``|delta p| / |p|``, averaged over the
-steps, and its ratio to the convolutions'. CIF's mixing logits start at zero, so for them the relative change of the
-mixing weights (the softmax, a uniform 1/(M-1) at the start) is shown.
+trainer's ``mem_lr_multiplier`` and ``cif_lr_multiplier``; a single number sets both), and prints per family the
+median over its tensors of ``|delta p| / |p|``, averaged over the steps, and its ratio to the convolutions'. CIF's
+mixing logits start at zero, so for them the relative change of the mixing weights (the softmax, a uniform 1/(M-1)
+at the start) is shown.
 
     python experiments/gradient_scale.py [--workdir gradient_scale_work] [--steps 10] [--multipliers 1 30 100 30:150]
 

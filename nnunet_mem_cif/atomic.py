@@ -38,7 +38,8 @@ def write_atomically(path: str, write: Callable[[str], None]) -> str:
 
 
 def write_text_atomically(path: str, write: Callable[[TextIO], None]) -> str:
-    """``write_atomically`` for text: ``write`` gets an open handle (newline='' so the csv module controls line ends)."""
+    """``write_atomically`` for text: ``write`` gets an open handle (newline='' so the csv module controls line
+    ends)."""
     def write_text(partial: str) -> None:
         with open(partial, "w", newline="") as handle:
             write(handle)

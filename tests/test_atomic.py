@@ -26,7 +26,8 @@ def test_replaces_the_file_only_when_the_write_completed(tmp_path):
 
 def test_the_temporary_keeps_the_extension_writers_choose_the_format_by(tmp_path):
     seen = []
-    write_atomically(str(tmp_path / "case_0000.nii.gz"), lambda partial: (seen.append(partial), open(partial, "w").close()))
+    write_atomically(str(tmp_path / "case_0000.nii.gz"),
+                     lambda partial: (seen.append(partial), open(partial, "w").close()))
     assert seen == [partial_path(str(tmp_path / "case_0000.nii.gz"))]
     assert seen[0].endswith(".nii.gz") and os.path.dirname(seen[0]) == str(tmp_path)
     assert os.listdir(tmp_path) == ["case_0000.nii.gz"]

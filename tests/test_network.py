@@ -145,7 +145,8 @@ def test_stream_formulations_compute_the_same_outputs_and_gradients(dim, formula
 
 def test_stream_formulations_share_parameters_and_state_dict_keys():
     keys = None
-    nets = {(f, ds): build(3, 4, stream_formulation=f, deep_supervision=ds) for f in FORMULATIONS for ds in (True, False)}
+    nets = {(f, ds): build(3, 4, stream_formulation=f, deep_supervision=ds)
+            for f in FORMULATIONS for ds in (True, False)}
     for (formulation, _), net in nets.items():
         assert net.encoder.stream_formulation == formulation
         first = net.encoder.stages[0].convs[0].conv
