@@ -114,6 +114,7 @@ def test_target_is_judged_from_paired_intervals_and_stays_open_without_runs():
     records += [run("no-mem", s, 0.80, spread=0.05) for s in (0, 1, 2)]  # the same on average: not shown
     report = markdown_report(records)
     assert "## Target: the full method ahead at 1%" in report
+    assert "leaves out training noise" in report  # the table's intervals hold each training fixed; it says so
     assert "| 1% | >= +0.030 supervised nnU-Net | +0.100 [+0.100, +0.100] | 3 | yes |" in report
     assert "| 1% | ahead of Mean Teacher | +0.010 [+0.010, +0.010] | 3 | yes |" in report
     assert re.search(r"\| 1% \| ahead of no MEM \| \+0\.000 \[-0\.0\d\d, \+0\.0\d\d\] \| 3 \| no \|", report)
